@@ -103,7 +103,7 @@ def main() -> None:
             timed(local_step, local, "local")
             timed(lambda: agg.observe(updates, ctx), observe, "observe")
             timed(local_step, local, "local")
-            timed(lambda: agg(updates, sync_ctx), sync, "sync")
+            timed(lambda: (agg(updates, sync_ctx), agg.weights), sync, "sync")
         prof = {k: v / (2 * args.reps) for k, v in agg._profile.items()}
         agg._profile = None
         lm, om, sm = (statistics.median(v) for v in (local, observe, sync))
@@ -116,9 +116,9 @@ def main() -> None:
         print(f"{reading:<11} {lm*1e3:9.0f}ms {om*1e3:8.0f}ms {sm*1e3:7.0f}ms "
               f"{om/lm:6.2f} {sm/lm:10.2f} {cr:9.2f} {frac:6.3f}")
     print("\nratio = median wall time of one server lookahead iteration / one participant's "
-          "local step\n(budget ≤ 1); ratio@sync adds the sanitized aggregation of a sync point; "
-          "cpu ratio is the\nsame ratio in process CPU time (less sensitive to other load on a "
-          "shared machine).")
+          "local step (budget ≤ 1);\nratio@sync adds the sanitized aggregation of a sync point "
+          "and the per-participant weights;\ncpu ratio is the same ratio in process CPU time "
+          "(less sensitive to other load on a shared machine).")
     for reading, *_, prof in rows:
         parts = ", ".join(f"{k} {v*1e3:.0f}" for k, v in prof.items())
         print(f"{reading} stages (ms, mean wall): {parts}")

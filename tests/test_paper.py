@@ -194,15 +194,27 @@ def test_paired_figures_share_their_runs(first, second, profile):
 
 
 @pytest.mark.parametrize("profile", ["smoke", "paper"])
-def test_table1_reuses_the_figure_runs(profile):
+def test_table1_runs_the_figure_settings(profile):
+    """Paper profile: Table 1's (10, 1) runs are Figs. 5–6's. Smoke: the same settings, but every
+    n = 10 and 20 column for both attacks, in short runs (rounds_at_n, a finer eval cadence)."""
     t1 = _parameters("romoa_table1_scale", profile)
+    short = profile == "smoke"
     for fig in ("romoa_fig5_upa_error", "romoa_fig6_tpa_confidence"):
         f = _parameters(fig, profile)
         for k in RUN_KEYS:
             if k == "datasets":
                 assert set(f[k]) <= set(t1[k]) or set(t1[k]) <= set(f[k])
-            else:
+            elif not (short and k == "eval_every"):
                 assert t1[k] == f[k], f"table1 and {fig} differ in {k!r} ({profile})"
+    columns = [[10, 1], [10, 3], [10, 4], [20, 1], [20, 6], [20, 9]]
+    for attack in ("upa", "tpa"):
+        assert [list(c) for c in t1["cells"][attack]][:6] == columns
+    if short:
+        assert set(t1["rounds_at_n"]) == {10, 20}
+        assert all(r < t1["rounds"] for r in t1["rounds_at_n"].values())
+        assert t1["rounds_at_n"][20] % t1["eval_every"] == 0 == t1["rounds_at_n"][10] % t1["eval_every"]
+    else:
+        assert t1["rounds_at_n"] == {} and t1["workers"] == 1
 
 
 def test_check_claims_prints_contradictions_and_asserts_enforced(capsys):

@@ -17,6 +17,7 @@ from fedlib.romoa import (Romoa, cluster, elementwise_cosine, estimate_bandwidth
                           representative,
                           sanitized_aggregation, sanitizing_factor, selected_cosine,
                           selection_threshold, sign_pattern_table)
+from fedlib.romoa import scan
 from fedlib.romoa import similarity as sim
 
 # --------------------------------------------------------------------------- fixtures
@@ -83,6 +84,69 @@ def test_eq4_lookahead_selection_from_uploads(threads, monkeypatch):
         monkeypatch.setattr(sim, "NUMPY_SELECTION", False)
         assert torch.equal(lookahead_selection(delta, 0.2, th), ref)
         monkeypatch.setattr(sim, "NUMPY_SELECTION", True)
+
+
+@pytest.mark.parametrize("mode", ["raw", "theta", "abs"])
+def test_blocked_scan_matches_the_separate_computations(mode, monkeypatch):
+    monkeypatch.setattr(scan, "SAMPLE", 128)          # d > 8 × SAMPLE: the bracketed path
+    monkeypatch.setattr(scan, "BLOCK", 300)           # several blocks per layer
+    gen = torch.Generator().manual_seed(7)
+    n, d = 5, 3001
+    x = torch.randn(n, d, generator=gen)
+    x[2, :1500] = 0.0                                 # exact zeros are never selected
+    theta = torch.randn(d, generator=gen)
+    raw = mode == "raw"
+    if raw:
+        x = x.abs()
+    th = theta if mode == "theta" else None
+    mag = x if raw else ((theta - x).abs() if th is not None else x.abs())
+    layers = [slice(0, 700), slice(700, 2900), slice(2900, d)]
+    k = sim.selection_count(d, 0.2)
+    ref_tau = torch.topk(mag, k, dim=1).values[:, -1]
+    ref_u = ((mag >= ref_tau[:, None]) & (mag > 0)).any(0)
+    ref_agg = x.mean(0)
+    ref_m = layer_moments(x.double(), ref_agg.double(), layers)
+    results = []
+    for workers in (1, 2):
+        tau, u, agg, mom = scan.scan(x.numpy(), k, None if th is None else th.numpy(), raw,
+                                     layers, moments=True, workers=workers)
+        assert torch.equal(torch.from_numpy(tau), ref_tau)
+        assert torch.equal(torch.from_numpy(u), ref_u)
+        torch.testing.assert_close(torch.from_numpy(agg), ref_agg)
+        for j, key in enumerate(("dot", "sum", "sq")):
+            torch.testing.assert_close(torch.from_numpy(mom[..., j]), getattr(ref_m, key),
+                                       rtol=1e-5, atol=1e-5)
+        results.append((tau, u, agg, mom))
+    for a, b in zip(*results):                        # bit-identical whatever the threads
+        assert np.array_equal(a, b)
+
+
+def test_blocked_scan_is_exact_when_a_bracket_misses(monkeypatch):
+    monkeypatch.setattr(scan, "SAMPLE", 64)
+    monkeypatch.setattr(scan, "BLOCK", 100)
+    gen = torch.Generator().manual_seed(8)
+    mag = torch.randn(4, 1000, generator=gen).abs()
+    k = sim.selection_count(1000, 0.1)
+    ref_tau = torch.topk(mag, k, dim=1).values[:, -1]
+    ref_u = ((mag >= ref_tau[:, None]) & (mag > 0)).any(0)
+    for lo, hi in ((0.0, 1e-3), (50.0, 60.0)):       # too many above hi / too few in the band
+        monkeypatch.setattr(scan, "_brackets", lambda *a, lo=lo, hi=hi: (np.full(4, lo),
+                                                                         np.full(4, hi)))
+        tau, u, _, _ = scan.scan(mag.numpy(), k, raw=True, workers=2)
+        assert torch.equal(torch.from_numpy(tau), ref_tau)
+        assert torch.equal(torch.from_numpy(u), ref_u)
+
+
+def test_selected_sums_and_lookahead_scan_match_the_moments():
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(4, 90_000, generator=gen)
+    layers = [slice(0, 10_000), slice(10_000, 90_000)]
+    agg, sel, m = sim.lookahead_scan(x, layers, 0.25, with_selected=True)
+    ref = layer_moments(x, x.mean(0), layers, selected=lookahead_selection(x, 0.25))
+    assert torch.equal(sel, lookahead_selection(x, 0.25))
+    torch.testing.assert_close(agg, x.mean(0))
+    for key in ("dot", "sum", "sq", "agg_sum", "agg_sq", "sel_dot", "sel_sq", "agg_sel_sq"):
+        torch.testing.assert_close(getattr(m, key), getattr(ref, key), rtol=1e-4, atol=1e-6)
 
 
 # --------------------------------------------------------------- Eqs. 5–7 similarity
@@ -308,6 +372,27 @@ def test_aggregator_matches_the_per_parameter_reference(reading, extra, scale):
         F, U = reference_factors(x, theta, layers, F, opts, 1 / n, bandwidth=agg.bandwidth)
         torch.testing.assert_close(agg.factors, F, rtol=1e-6, atol=1e-9)
         assert agg.report()["selected_fraction"] == pytest.approx(U.double().mean().item())
+
+
+@pytest.mark.parametrize("reading", ["literal", "calibrated"])
+def test_aggregator_matches_the_reference_on_the_bracketed_blocked_path(reading, monkeypatch):
+    monkeypatch.setattr(scan, "SAMPLE", 64)          # d = 1,540 > 8 × 64: bracketed
+    monkeypatch.setattr(scan, "BLOCK", 200)          # several blocks per layer
+    net = torch.nn.Sequential(torch.nn.Linear(40, 30), torch.nn.ReLU(), torch.nn.Linear(30, 10))
+    spec = ParamSpec.of(net)
+    layers = [sl for _, sl in spec.layers]
+    gen = torch.Generator().manual_seed(5)
+    n, d = 6, spec.dim
+    theta = 0.5 * torch.randn(d, generator=gen, dtype=torch.float64)
+    g = 0.1 * torch.randn(d, generator=gen, dtype=torch.float64)
+    agg = Romoa(reading)
+    F = torch.full((n, d), 1 / n, dtype=torch.float64)
+    for t in range(2):
+        x = honest_round(g, n, 0.1, gen)
+        x[0] *= -1.5
+        agg.observe(x, ctx_for(spec, theta, t, sync=False))
+        F, U = reference_factors(x, theta, layers, F, agg.options, 1 / n, bandwidth=agg.bandwidth)
+        torch.testing.assert_close(agg.factors, F, rtol=1e-6, atol=1e-9)
 
 
 # ------------------------------------------------------------------- behaviour claims

@@ -102,3 +102,34 @@ def test_history_records_weights():
     w = torch.tensor(r.history["weights"][0])
     assert (w > 0).sum() == 3 and abs(w.sum().item() - 1) < 1e-5
     assert list(r.frame().columns)[:2] == ["test_accuracy", "test_loss"]
+
+
+def test_run_many_in_worker_processes_equals_one_threaded_runs(tmp_path):
+    configs = [BASE, dict(BASE, seed=4), BASE]                  # a repeat runs once
+    par = runs.run_many(configs, workers=2, progress=False)
+    assert [r.meta["cached"] for r in par] == [False, False, False]
+    assert par[0].history == par[2].history
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seq = [runs.run(c, cache=False, progress=False) for c in configs[:2]]
+        key = runs.config_key(runs.RunConfig.from_dict(BASE))
+    finally:
+        torch.set_num_threads(threads)
+    for p, s in zip(par, seq):                                  # bit-identical, 1 thread each
+        assert p.history == s.history and torch.equal(p.theta, s.theta)
+    assert par[0].meta["key"] == key == runs.config_key(runs.RunConfig.from_dict(BASE), threads=1)
+    again = runs.run_many(configs, workers=2, progress=False)   # all from the cache
+    assert all(r.meta["cached"] for r in again)
+    assert [r.history for r in again] == [r.history for r in par]
+    assert runs.run_many(configs[:1], workers=1, progress=False)[0].meta["key"] == \
+        runs.config_key(runs.RunConfig.from_dict(BASE))
+    with pytest.raises(ValueError, match="workers"):
+        runs.run_many(configs, workers=0)
+
+
+def test_run_many_reports_a_failing_worker():
+    bad = dict(BASE, dataset="no-such-dataset")
+    with pytest.raises(RuntimeError, match="worker process failed(.|\n)*no-such-dataset"):
+        runs.run_many([BASE, bad], workers=2, progress=False)

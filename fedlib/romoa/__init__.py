@@ -73,21 +73,24 @@ Note that in the literal reading c_w cancels in the softmax (all participants sh
 except through which of the three terms attains the minimum.
 
 Cost (n = 10, d = 3.4 M, the Romoa MNIST CNN): everything is vectorised over participants
-and parameters except two deliberate loops: over layers (a handful), and, for Eq. 4's exact
-per-participant top-k on a CPU, over the n rows (NumPy introselect on ≈ k sample-bracketed
-candidates, rows shared between threads; 3–5× faster than ``torch.topk`` on the (n, d)
-matrix, which is used on other devices and when ``similarity.NUMPY_SELECTION`` is False).
+and parameters except deliberate loops over layers (a handful) and, on a CPU, over blocks of
+columns. The server's work is memory-bound, so on a CPU the lookahead aggregate, Eq. 4's
+exact per-participant top-k and the Eqs. 5–7 moments come from one read of the (n, d)
+uploads (:func:`fedlib.romoa.scan.scan`: cache-sized column blocks shared between threads;
+each row's k-th largest magnitude is bracketed by a sample and found by an introselect among
+the few bracketed entries, with a full introselect wherever a bracket misses, so it is
+exact). On other devices, or with ``similarity.NUMPY_SELECTION = False``, the same quantities
+come from ``torch.topk`` and per-layer matrix products.
 The per-parameter mean shift is never run on d × n values: layer-wise measurements are
 constant on a layer (one mean shift per layer is exact for all its parameters), the
 calibrated Eq. 5 is one value per participant, and the literal Eq. 5 takes values in
 {−1, 0, 1}, so its mean shift depends only on the count pattern (n₋, n₀, n₊) and is
-tabulated once for the (n + 1)² patterns (:func:`fedlib.romoa.meanshift.sign_pattern_table`);
-the literal softmax on U then needs no (n, |U|) exponential (exp(S) is a quadratic in S).
-A server iteration reads the (n, d) matrix about six times; ``benchmarks/romoa.py``
-compares it with one local SGD step (≈ 0.12 s vs 0.11 s with 2 threads, 0.18–0.20 s vs
-0.20 s with 1 thread, on the shared 2-core CPU).
+tabulated once for the (n + 1)² patterns (:func:`fedlib.romoa.meanshift.sign_pattern_table`).
+``benchmarks/romoa.py`` compares one server iteration with one participant's local SGD step:
+0.8–0.9× (lookahead iteration) and 0.85–1.0× (sync point, with the sanitized aggregation)
+with 2 threads, 0.7–0.85× with 1 thread, on the shared 2-core CPU (``benchmarks/RESULTS.md``).
 
-Memory: F is stored densely, (n, d) in the updates' dtype, plus one (n, d) scratch buffer.
+Memory: F is stored densely, (n, d) in the updates' dtype.
 """
 
 from .aggregator import READINGS, Romoa

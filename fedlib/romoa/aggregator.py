@@ -9,11 +9,13 @@ import time
 import warnings
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from . import factors as fac
 from . import meanshift as ms
+from . import scan
 from . import similarity as sim
 
 READINGS = {
@@ -26,6 +28,20 @@ READING_BANDWIDTH = {"literal": "auto", "calibrated": "robust"}
 CHOICES = dict(selection=("parameter", "path"), elementwise=("sign", "cosine"),
                pearson=("printed", "centered"), generating=fac.GENERATING,
                centroid=("majority", "own"), kernel=ms.KERNELS, layers=("module", "tensor"))
+
+
+def _indices(mask: Tensor) -> Tensor:
+    """The sorted indices of a (d,) bool mask (NumPy's is about twice as fast on a CPU)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.nonzero().squeeze(1)
+
+
+def _columns(x: Tensor, idx: Tensor) -> Tensor:
+    """x[:, idx] for an (n, d) matrix (NumPy's gather is about twice as fast on a CPU)."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(x.numpy()[:, idx.numpy()])
+    return x.index_select(1, idx)
 
 
 class Romoa:
@@ -129,10 +145,9 @@ class Romoa:
         """Forget all history: F back to 1/n at the next call."""
         self._F: Optional[Tensor] = None
         self._ids: Optional[list[int]] = None
-        self._work: Optional[Tensor] = None
         self._last: dict[str, Any] = {}
         self._pending: Optional[dict] = None
-        self.weights: Optional[Tensor] = None
+        self._weights: Optional[Tensor] = None
         self.iteration = 0
         self.last_seconds = 0.0
         self._profile: Optional[dict[str, float]] = None
@@ -143,6 +158,15 @@ class Romoa:
         """The current sanitizing factors F (n, d) (a view of the state: do not modify)."""
         return self._F
 
+    @property
+    def weights(self) -> Optional[Tensor]:
+        """Each participant's mean factor over coordinates (n,), summing to 1 (one read of F,
+        formed on first access after an iteration)."""
+        if self._weights is None and self._F is not None:
+            w = self._F.mean(dim=1)
+            self._weights = w / w.sum()
+        return self._weights
+
     def __repr__(self) -> str:
         return f"Romoa(reading={self.reading!r}, {self.options}, bandwidth={self.bandwidth!r})"
 
@@ -152,10 +176,8 @@ class Romoa:
         start = time.perf_counter()
         x, keep = self._update(updates, ctx)
         F = self._F
-        if bool(keep.all()):
-            out = torch.mul(F, x, out=self._work).sum(dim=0)
-        else:
-            out = fac.sanitized_aggregation(x[keep], F[keep])
+        out = fac.sanitized_aggregation(x, F) if bool(keep.all()) \
+            else fac.sanitized_aggregation(x[keep], F[keep])
         self._clock = time.perf_counter()
         self.last_seconds = self._clock - start
         return out
@@ -232,14 +254,14 @@ class Romoa:
         # A column sum is finite only if every entry is (NaN/Inf propagate): the lookahead
         # aggregate doubles as the finiteness check; rows are inspected only if it fails.
         self._clock = time.perf_counter()
-        colsum = x.sum(dim=0)
+        scanned = self._scan(x, theta, layers)
         keep = torch.ones(n, dtype=torch.bool, device=x.device)
-        if not bool(torch.isfinite(colsum).all()):
+        if not bool(torch.isfinite(scanned[0].sum())):         # Inf − Inf = NaN: any is caught
             keep = torch.isfinite(x).all(dim=1)
         F = self._state(n, d, ids, x)
         n_ok = int(keep.sum())
         if n_ok == n:
-            self._step(x, theta, layers, F, colsum.div_(n))
+            self._step(x, layers, F, scanned)
         else:
             warnings.warn(f"romoa: excluded {n - n_ok} of {n} updates containing NaN/Inf "
                           "(factor 0 this iteration)", RuntimeWarning, stacklevel=3)
@@ -248,13 +270,13 @@ class Romoa:
             Fk = F[keep]
             col = Fk.sum(0, keepdim=True)
             Fk = torch.where(col > 0, Fk / col.clamp_min(1e-30), torch.full_like(Fk, 1.0 / n_ok))
-            self._step(x[keep], theta, layers, Fk)
+            xk = x[keep]
+            self._step(xk, layers, Fk, self._scan(xk, theta, layers))
             F = torch.zeros_like(F)
             F[keep] = Fk
             self._last["kept"] = keep.tolist()
         self._F = F
-        w = F.mean(dim=1)
-        self.weights = w / w.sum()
+        self._weights = None                                   # formed when asked for
         self.iteration += 1
         self._last.update(round=getattr(ctx, "round", None), sync=getattr(ctx, "sync", True),
                           n=n, d=d)
@@ -279,30 +301,24 @@ class Romoa:
             self._profile[name] = self._profile.get(name, 0.0) + now - self._clock
             self._clock = now
 
-    def _step(self, x: Tensor, theta: Optional[Tensor], layers: list[slice], F: Tensor,
-              agg: Optional[Tensor] = None) -> None:
+    def _scan(self, x: Tensor, theta: Optional[Tensor],
+              layers: list[slice]) -> tuple[Tensor, Tensor, sim.LayerMoments]:
+        """The lookahead aggregate ā (−path, Fig. 3), Eq. 4's U and the Eqs. 5–7 moments."""
+        o = self.options
+        ratio = self.selection_ratio if self.selection_ratio is not None else 1.0 / x.shape[0]
+        ref = theta if o["selection"] == "parameter" else None
+        return sim.lookahead_scan(x, layers, ratio, ref,
+                                  with_selected=o["elementwise"] == "cosine")
+
+    def _step(self, x: Tensor, layers: list[slice], F: Tensor,
+              scanned: tuple[Tensor, Tensor, sim.LayerMoments]) -> None:
         """One iteration of Algorithm 2's server (lines 16–19) on finite rows; F in place."""
         n, d = x.shape
         o = self.options
         beta = self.beta
-        ratio = self.selection_ratio if self.selection_ratio is not None else 1.0 / n
-        if agg is None:
-            agg = x.sum(dim=0).div_(n)                          # lookahead aggregate (−path)
-        if self._work is None or self._work.shape != x.shape or self._work.dtype != x.dtype \
-                or self._work.device != x.device:
-            self._work = torch.empty_like(x)
-        work = self._work
-        self._tick("lookahead mean")
-        # Eq. 4: top-ratio selection of every participant, union over participants.
-        ref = theta if o["selection"] == "parameter" else None
-        selected = sim.lookahead_selection(x, ratio, ref)
-        idx = selected.nonzero().squeeze(1)
-        self._tick("selection")
-        # Eqs. 6–7 (and Eq. 5 calibrated) from per-layer moments.
-        mom = sim.layer_moments(x, agg, layers,
-                                selected=selected if o["elementwise"] == "cosine" else None,
-                                work=work)
-        self._tick("moments")
+        agg, selected, mom = scanned
+        idx = _indices(selected)
+        self._tick("lookahead mean, selection and moments")
         l_cos = sim.layer_cosine(mom)                           # (n, L) float64
         l_pear = sim.layer_pearson(mom, centered=o["pearson"] == "centered")
         cl_cos, cl_pear = self._cluster(l_cos.T), self._cluster(l_pear.T)
@@ -321,22 +337,24 @@ class Romoa:
         if o["elementwise"] == "sign":
             # Literal Eq. 5 on U: signs (n, |U|); its per-parameter mean shift is the table
             # lookup of the column's count pattern (n₊, n₋).
-            signs = x.index_select(1, idx).sign_().mul_(torch.sign(agg[idx]))
             table = ms.sign_pattern_table(n, self.bandwidth, o["kernel"])
-            total = signs.sum(0)
-            nonzero = torch.mul(signs, signs).sum(0)           # s² = |s| on {−1, 0, 1}
-            # pattern id n₊(n + 1) + n₋ with n₊ = (nz + tot)/2, n₋ = (nz − tot)/2
-            pid = torch.add(nonzero * (0.5 * (n + 2)), total, alpha=0.5 * n).round_().long()
             # U's indices are sorted, so each layer's columns form one range of them
             bounds = torch.searchsorted(idx, starts).tolist() + [idx.numel()]
-            sm_on = self._sign_softmax(signs, pid, table, f_layer, bounds, beta)
             off = beta * sm_off
+            signs = _columns(x, idx).sign_().mul_(_columns(agg[None, :], idx)[0].sign_())
+            total = signs.sum(0)
+            nonzero = signs.abs().sum(0)
+            # pattern id n₊(n + 1) + n₋ with n₊ = (nz + tot)/2, n₋ = (nz − tot)/2
+            pid = torch.add(nonzero * (0.5 * (n + 2)), total, alpha=0.5 * n).round_().long()
+            sm_on = self._sign_softmax(signs, pid, table, f_layer, bounds, beta)
             for j in range(len(layers)):                      # Eq. 11 on U: F += β(sm − sm_off)
                 sm_on[:, bounds[j]:bounds[j + 1]].sub_(off[:, j:j + 1])
             F.index_add_(1, idx, sm_on)
+            row_total = signs.sum(dim=1).double()
             self._tick("element-wise (sign)")
-            el_summary = signs.sum(dim=1).double() / max(idx.numel(), 1)
+            el_summary = row_total / max(idx.numel(), 1)
             el_centroid = float(table.centroid[pid.cpu()].mean()) if idx.numel() else float("nan")
+            signs = torch.sign(agg)                            # for the report's samples
             g_on = (table, pid)
         else:
             s_cos = sim.selected_cosine(mom)                   # (n,)
@@ -373,16 +391,15 @@ class Romoa:
         """β · softmax over participants of min(f_S, f_layer) on U (Eq. 11), (n, |U|).
 
         Literal preset (signed, majority): exp is monotone, so with K_l = min(0, maxᵢ f_il)
-        exp(g − K) = min(exp(S)·exp(−c_w − K), exp(f_il − K)), where exp(S) is a quadratic in
-        S ∈ {−1, 0, 1} and the other factors are per column or per (participant, layer): no
-        (n, |U|) exponential, no gather; the column maxima lie in [e⁻², 1] (no overflow, no
-        total underflow). Other option combinations materialise g and call ``torch.softmax``.
+        exp(g − K) = min(exp(S)·exp(−c_w − K), exp(f_il − K)), where S ∈ {−1, 0, 1} and the
+        other factors are per column or per (participant, layer): no (n, |U|) gather; the
+        column maxima lie in [e⁻², 1] (no overflow, no total underflow). Other option
+        combinations materialise g and call ``torch.softmax``.
         """
         o = self.options
         dt = signs.dtype
         if o["generating"] == "signed" and o["centroid"] == "majority":
-            q1, q2 = 1.1752011936438014, 0.5430806348152437            # sinh 1, cosh 1 − 1
-            e = torch.mul(signs, q2).add_(q1).mul_(signs).add_(1.0)       # exp(S)
+            e = torch.exp(signs)
             colexp = torch.exp(-table.centroid.to(signs.device)[pid])    # exp(−c_w), (|U|,)
             K = torch.clamp(f_layer.amax(dim=0), max=0.0)                 # (L,)
             cap = torch.exp(f_layer - K).to(dt)                           # (n, L)
@@ -417,6 +434,8 @@ class Romoa:
             last["sample"] = None
             return
         sidx = torch.div(torch.arange(k, device=x.device) * d, k, rounding_mode="floor")
+        if signs is not None:                                  # Eq. 5 at the samples
+            signs = x[:, sidx].sign() * signs[sidx]
         # F changes in place at the next iteration: copy the sampled columns now
         self._pending = dict(n=n, sidx=sidx, layers=layers, selected=selected, idx=idx,
                              g_off=g_off, g_on=g_on, signs=signs, el_summary=el_summary,
@@ -442,9 +461,9 @@ class Romoa:
         if idx.numel():
             if signs is not None:
                 table, pid = g_on
-                f_el = self._sign_generating(signs[:, pos], pid[pos], table).double()
+                f_el = self._sign_generating(signs, pid[pos], table).double()
                 g_sel = torch.minimum(f_el, p["f_layer"][:, slay])
-                el = torch.where(in_u[None, :], signs[:, pos].double(), nan)
+                el = torch.where(in_u[None, :], signs.double(), nan)
             else:
                 g_sel = g_on[:, slay]
                 el = torch.where(in_u[None, :], p["el_summary"][:, None].expand(n, k), nan)

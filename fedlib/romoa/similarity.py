@@ -14,7 +14,6 @@ measurement round reads the (n, d) matrix a small, fixed number of times.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -22,10 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-Layers = Sequence[slice]
+from . import scan
 
-_SAMPLE = 1 << 13
-"""Sample size used to bracket the top-k threshold before the exact selection (CPU path)."""
+Layers = Sequence[slice]
 
 
 def selection_count(d: int, ratio: float) -> int:
@@ -35,76 +33,15 @@ def selection_count(d: int, ratio: float) -> int:
     return min(d, max(1, math.ceil(ratio * d - 1e-9)))
 
 
-def _select_rows(a: np.ndarray, rows: Sequence[int], k: int, lo: Optional[np.ndarray],
-                 tau: np.ndarray, theta: Optional[np.ndarray] = None,
-                 magnitude: bool = False) -> np.ndarray:
-    """Exact τᵢ for ``rows`` (written into ``tau``) and the union of their selections.
-
-    With ``magnitude=True`` the rows of ``a`` are raw values and each row's magnitude
-    |θ − aᵢ| (or |aᵢ| without ``theta``) is formed in a row buffer first.
-    """
-    d = a.shape[1]
-    union = np.zeros(d, dtype=bool)
-    tiny = np.finfo(a.dtype).tiny
-    buf = np.empty(d, dtype=a.dtype) if magnitude else None
-    for i in rows:
-        if magnitude:
-            if theta is not None:
-                np.subtract(theta, a[i], out=buf)
-                row = np.abs(buf, out=buf)
-            else:
-                row = np.abs(a[i], out=buf)
-        else:
-            row = a[i]
-        cand = np.flatnonzero(row >= lo[i]) if lo is not None else None
-        if cand is not None and cand.size >= k:
-            vals = row[cand]
-            tau[i] = np.partition(vals, vals.size - k)[vals.size - k]
-            union[cand[vals >= max(tau[i], tiny)]] = True
-        else:  # small d, or the bracket missed: a full introselect of the row
-            tau[i] = np.partition(row, d - k)[d - k]
-            union |= row >= max(tau[i], tiny)
-    return union
-
-
-_POOL: Optional[ThreadPoolExecutor] = None
-
-
 def _select_numpy(a: np.ndarray, k: int, theta: Optional[np.ndarray] = None,
                   magnitude: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Exact per-row k-th largest τ (n,) of the magnitudes and the union of {≥ τᵢ, > 0}.
+    """Exact per-row k-th largest τ (n,) and the union of {≥ τᵢ, > 0} (see :mod:`.scan`).
 
-    The magnitudes are ``a`` itself, or (``magnitude=True``) |θ − aᵢ| / |aᵢ| formed row by
-    row. A sorted random sample of each row gives a value ``lo`` that is, with overwhelming
-    probability (6 binomial standard deviations), below the k-th largest; the exact τᵢ is
-    then the k-th largest of the ≈ k entries ≥ ``lo`` (introselect), and those entries'
-    indices give the row's selection. A row where the bracket misses falls back to a full
-    introselect, so the result is always exact; the sample only decides the speed. Rows are
-    shared between ``torch.get_num_threads()`` threads (NumPy releases the GIL here).
+    The magnitudes are ``a`` itself, or (``magnitude=True``) |θ − aᵢ| / |aᵢ| formed chunk by
+    chunk.
     """
-    global _POOL
-    n, d = a.shape
-    tau = np.empty(n, dtype=a.dtype)
-    lo = None
-    if d > 8 * _SAMPLE:
-        cols = np.random.default_rng(0).choice(d, size=_SAMPLE, replace=False)
-        sample = a[:, cols]
-        if magnitude:
-            sample = np.abs(theta[cols] - sample) if theta is not None else np.abs(sample)
-        sample = -np.sort(-sample, axis=1)                             # descending
-        p = k / d
-        r_lo = int(min(_SAMPLE - 1, p * _SAMPLE + 6.0 * math.sqrt(_SAMPLE * p * (1 - p)) + 8))
-        lo = sample[:, r_lo]
-    workers = min(n, max(1, torch.get_num_threads()))
-    if workers == 1 or d <= 8 * _SAMPLE:
-        return tau, _select_rows(a, range(n), k, lo, tau, theta, magnitude)
-    if _POOL is None or _POOL._max_workers < workers:
-        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="romoa-select")
-    parts = list(_POOL.map(lambda j: _select_rows(a, range(j, n, workers), k, lo, tau, theta,
-                                                  magnitude), range(workers)))
-    union = parts[0]
-    for part in parts[1:]:
-        union |= part
+    tau, union, _, _ = scan.scan(a, k, theta, raw=not magnitude,
+                                 workers=torch.get_num_threads())
     return tau, union
 
 
@@ -276,3 +213,40 @@ def layer_cosine_of(paths: Tensor, aggregate: Tensor, layers: Layers) -> Tensor:
 def layer_pearson_of(paths: Tensor, aggregate: Tensor, layers: Layers, centered: bool) -> Tensor:
     """Eq. 7 straight from paths (n, d) and the aggregate path (d,): (n, L)."""
     return layer_pearson(layer_moments(paths, aggregate, layers), centered)
+
+
+def lookahead_scan(deltas: Tensor, layers: Layers, ratio: float, theta: Optional[Tensor] = None,
+                   with_selected: bool = False) -> tuple[Tensor, Tensor, LayerMoments]:
+    """The lookahead aggregate ā, Eq. 4's U and the Eqs. 5–7 moments, in one read of Δ (n, d).
+
+    Equal to ``ā = deltas.mean(0)``, ``U = lookahead_selection(deltas, ratio, theta)`` and
+    ``layer_moments(deltas, ā, layers, selected=U if with_selected else None)`` up to float
+    rounding. On a CPU: the blocked pass of :func:`fedlib.romoa.scan.scan`, plus, with
+    ``with_selected``, :func:`fedlib.romoa.scan.selected_sums` for the sums over U.
+    """
+    if deltas.dim() != 2 or deltas.shape[0] == 0 or deltas.shape[1] == 0:
+        raise ValueError(f"deltas must be (n, d) with n, d ≥ 1, got {tuple(deltas.shape)}")
+    n, d = deltas.shape
+    if not (NUMPY_SELECTION and deltas.device.type == "cpu"
+            and deltas.dtype in (torch.float32, torch.float64)):
+        agg = deltas.sum(dim=0).div_(n)
+        selected = lookahead_selection(deltas, ratio, theta)
+        return agg, selected, layer_moments(deltas, agg, layers,
+                                            selected=selected if with_selected else None)
+    x = deltas.detach().contiguous().numpy()
+    th = None if theta is None else theta.detach().to(deltas.dtype).contiguous().numpy()
+    workers = torch.get_num_threads()
+    _, union, agg, mom = scan.scan(x, selection_count(d, ratio), th, layers=layers,
+                                   moments=True, workers=workers)
+    mom = torch.from_numpy(mom)
+    a = torch.from_numpy(agg)
+    m = LayerMoments(dot=mom[..., 0], sum=mom[..., 1], sq=mom[..., 2],
+                     agg_sum=torch.stack([a[sl].sum() for sl in layers]).double(),
+                     agg_sq=torch.stack([torch.dot(a[sl], a[sl]) for sl in layers]).double(),
+                     size=torch.tensor([sl.stop - sl.start for sl in layers],
+                                       dtype=torch.float64))
+    if with_selected:
+        dot, sq, agg_sq = scan.selected_sums(x, agg, union, workers)
+        m.sel_dot, m.sel_sq = torch.from_numpy(dot), torch.from_numpy(sq)
+        m.agg_sel_sq = torch.tensor(agg_sq, dtype=torch.float64)
+    return a, torch.from_numpy(union), m
