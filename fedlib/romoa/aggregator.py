@@ -15,7 +15,6 @@ from torch import Tensor
 
 from . import factors as fac
 from . import meanshift as ms
-from . import scan
 from . import similarity as sim
 
 READINGS = {

@@ -138,12 +138,12 @@ class LayerMoments:
 
 
 def layer_moments(paths: Tensor, aggregate: Tensor, layers: Layers,
-                  selected: Optional[Tensor] = None, work: Optional[Tensor] = None) -> LayerMoments:
+                  selected: Optional[Tensor] = None) -> LayerMoments:
     """The sums behind Eqs. 5–7: per layer a matrix–vector product, a row sum and a norm.
 
     ``paths`` is (n, d), ``aggregate`` (d,), ``layers`` contiguous slices. With ``selected``
-    (a (d,) bool mask U) the sums over U are gathered too; ``work``, an optional (n, d)
-    scratch buffer, then holds the squares (faster than gathering U's columns).
+    (a (d,) bool mask U) the sums over U are gathered too. (On a CPU the aggregator gets the
+    same sums from :func:`lookahead_scan`.)
     """
     dot, tot, sq, agg_sum, agg_sq = [], [], [], [], []
     for sl in layers:
@@ -162,10 +162,7 @@ def layer_moments(paths: Tensor, aggregate: Tensor, layers: Layers,
         sel = selected.to(paths.dtype)
         a_sel = aggregate * sel
         m.sel_dot = (paths @ a_sel).double()
-        if work is not None:
-            m.sel_sq = (torch.mul(paths, paths, out=work) @ sel).double()
-        else:
-            m.sel_sq = (paths.square() @ sel).double()
+        m.sel_sq = (paths.square() @ sel).double()
         m.agg_sel_sq = torch.dot(a_sel, a_sel).double()
     return m
 
