@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/aggregators.py --quick    # small sizes, checks the script
     .venv/bin/python benchmarks/aggregators.py --device cuda --no-reference
     .venv/bin/python benchmarks/aggregators.py --threads 1 --n 100 --d 1e6
+    .venv/bin/python benchmarks/aggregators.py --batched --replicas 16 256 --n 10 --d 28
+    .venv/bin/python benchmarks/aggregators.py --versus-torch --threads 1 --n 100 --d 1e5
 
 Prints a markdown table: best-of-``--repeat`` wall time of the torch rule and its process
 CPU time (all threads; with ``--threads 1`` what the wall time would be on an idle core),
@@ -14,11 +16,18 @@ Goal: every rule at n = 100, d = 1e6 well under one second on a 2-core CPU. On a
 whose cores are busy with other work, torch's two OpenMP threads can stall each other at
 every parallel region (seen: 30× slower at small sizes); time with ``--threads 1`` there,
 or when it is quiet.
+
+``--versus-torch`` times Krum, multi-Krum and the geometric median against straightforward
+vectorised PyTorch versions of the same definitions (cdist + full sort; an (n, d) difference
+per Weiszfeld iteration). ``--batched`` times replica batches: one call on (B, n, d) against
+B separate calls on (n, d) (the loop a replica-batched federation avoids), and checks that
+the outputs agree.
 """
 
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import platform
 import time
 
@@ -144,6 +153,102 @@ def cases(n, d, gen):
     ]
 
 
+# ----------------------------------------------------------------------------- PyTorch reference
+
+
+def torch_krum_scores(x, f):
+    """Krum scores the straightforward vectorised way: cdist, full sort, sum."""
+    n = x.shape[0]
+    return (torch.cdist(x, x) ** 2).sort(dim=1).values[:, 1:n - f - 1].sum(dim=1)
+
+
+def torch_krum(x, f):
+    return x[torch_krum_scores(x, f).argmin()]
+
+
+def torch_multi_krum(x, f, m):
+    return x[torch_krum_scores(x, f).argsort()[:m]].mean(dim=0)
+
+
+def torch_geometric_median(x, iters=10, eps=1e-6):
+    """Smoothed Weiszfeld the straightforward vectorised way: (n, d) differences per iteration."""
+    z = x.mean(dim=0)
+    for _ in range(iters):
+        beta = 1.0 / (x - z).norm(dim=1).clamp_min(eps)
+        z = (beta[:, None] * x).sum(dim=0) / beta.sum()
+    return z
+
+
+def run_versus_torch(args, device, sync) -> None:
+    """Print fedlib's Krum, multi-Krum and geometric median against plain PyTorch versions."""
+    print("| rule | n | d | fedlib s | plain torch s | torch/fedlib | max abs diff |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for n in args.n:
+        for d in (int(v) for v in args.d):
+            x = torch.randn(n, d, generator=torch.Generator().manual_seed(0)).to(device)
+            f = max(1, n // 5)
+            rows = [(f"krum f={f}", partial(agg.krum, f=f), partial(torch_krum, f=f)),
+                    (f"multi_krum f={f}", partial(agg.multi_krum, f=f),
+                     partial(torch_multi_krum, f=f, m=n - f)),
+                    ("geometric_median 10 it", agg.geometric_median, torch_geometric_median)]
+            for label, ours, plain in rows:
+                t_ours, _, out = best_time(ours, x, args.repeat, sync)
+                t_plain, _, ref = best_time(plain, x, args.repeat, sync)
+                print(f"| {label} | {n} | {d:.0e} | {t_ours:.4f} | {t_plain:.4f} | "
+                      f"{t_plain / t_ours:.1f} | {float((out - ref).abs().max()):.1e} |",
+                      flush=True)
+
+
+def batched_cases(n):
+    """(label, registry name, params) for the replica-batch timing."""
+    f = max(1, min(n // 5, (n - 3) // 4))
+    return [("mean", "mean", {}), (f"krum f={f}", "krum", {"f": f}),
+            (f"multi_krum f={f}", "multi_krum", {"f": f}), ("median", "median", {}),
+            (f"trimmed_mean f={f}", "trimmed_mean", {"f": f}),
+            ("clipped_median τ=2", "clipped_median", {}),
+            ("geometric_median 10 it", "geometric_median", {}), ("fltrust", "fltrust", {}),
+            (f"bulyan f={f}", "bulyan", {"f": f}),
+            ("centered_clipping median_norm", "centered_clipping", {})]
+
+
+def time_batched(name, params, x, g0, repeat, sync):
+    """(batched s, B calls s, max |difference|) of rule ``name`` on x (B, n, d)."""
+    from fedlib.context import RoundContext
+    from fedlib.flat import ParamSpec
+
+    b_count, d = x.shape[0], x.shape[-1]
+    spec = ParamSpec(("w",), ((d,),))
+
+    def ctx(server):
+        return RoundContext(0, torch.zeros(d), spec, 0.1, sync=False,
+                            server_update=lambda: server)
+
+    one, each = agg.get(name, **params), agg.get(name, **params)
+    whole, singles = ctx(g0), [ctx(g0[b]) for b in range(b_count)]
+    t_b, _, out = best_time(lambda v: one(v, whole), x, repeat, sync)
+    t_l, _, outs = best_time(
+        lambda v: torch.stack([each(v[b], singles[b]) for b in range(b_count)]), x, repeat, sync)
+    return t_b, t_l, float((out - outs).abs().max())
+
+
+def run_batched(args, device, sync) -> None:
+    """Print one call on (B, n, d) vs B calls on (n, d) for every rule."""
+    print("| rule | B | n | d | batched s | B calls s | ratio | max abs diff |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for n in args.n:
+        for d in (int(v) for v in args.d):
+            for b_count in args.replicas:
+                gen = torch.Generator().manual_seed(0)
+                x = torch.randn(b_count, n, d, generator=gen).to(device) * 1e-2
+                g0 = torch.randn(b_count, d, generator=gen).to(device) * 1e-2
+                for label, name, params in batched_cases(n):
+                    if args.rules and not any(label.startswith(r) for r in args.rules):
+                        continue
+                    t_b, t_l, diff = time_batched(name, params, x, g0, args.repeat, sync)
+                    print(f"| {label} | {b_count} | {n} | {d} | {t_b:.4f} | {t_l:.4f} | "
+                          f"{t_l / t_b:.1f} | {diff:.1e} |", flush=True)
+
+
 def best_time(fn, arg, repeat, sync):
     """Best wall and process-CPU time of ``repeat`` calls after a warm-up call, and the output."""
     out = fn(arg)
@@ -168,6 +273,11 @@ def main() -> None:
     p.add_argument("--reference-repeat", type=int, default=1)
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--rules", nargs="*", help="only rules whose label starts with one of these")
+    p.add_argument("--batched", action="store_true",
+                   help="time replica batches (B, n, d) against B separate calls")
+    p.add_argument("--replicas", type=int, nargs="+", default=[16, 256])
+    p.add_argument("--versus-torch", action="store_true",
+                   help="Krum, multi-Krum, geometric median vs plain vectorised PyTorch")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own); "
                    "on a busy machine 1 avoids OpenMP oversubscription stalls")
     args = p.parse_args()
@@ -180,6 +290,12 @@ def main() -> None:
     print(f"# fedlib.aggregators benchmark — torch {torch.__version__}, numpy {np.__version__}, "
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"device {device}, float32, best of {args.repeat}\n")
+    if args.batched:
+        run_batched(args, device, sync)
+        return
+    if args.versus_torch:
+        run_versus_torch(args, device, sync)
+        return
     print("| rule | n | d | torch s | torch cpu s | numpy s | numpy/torch | max abs diff |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.n:

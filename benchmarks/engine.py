@@ -1,6 +1,6 @@
 """Round time of each local-training strategy, as ratios to the fastest, measured in one run.
 
-Settings (issue: foundation benchmark):
+Settings:
 * L2A MNIST: the L2A CNN (710,218 parameters), 10 clients × 1 SGD step × batch 128;
 * Romoa MNIST: the Romoa CNN (3,382,346 parameters), 10 participants × 1 step × batch 64.
 

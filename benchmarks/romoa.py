@@ -1,6 +1,6 @@
 """Romoa's server cost per iteration vs one participant's local SGD step.
 
-The issue's budget: on the Romoa MNIST CNN (d = 3,382,346) with n = 10 participants, the
+The budget: on the Romoa MNIST CNN (d = 3,382,346) with n = 10 participants, the
 server's work per iteration (updating the sanitizing factors, plus the sanitized aggregation
 at a sync point) should cost no more than one participant's local step (batch 64).
 

@@ -26,7 +26,7 @@ class RoundContext:
     round: int
     """t: the round (synchronous protocol) or iteration (Romoa's protocol), from 0."""
     theta: Tensor
-    """θ_ref (d,): the model the deltas are relative to."""
+    """θ_ref (d,), or (B, d) for a replica batch: the model the deltas are relative to."""
     spec: ParamSpec
     """Parameter names/shapes, for layer-wise rules (Romoa Eqs. 6–7)."""
     lr: float
@@ -34,9 +34,13 @@ class RoundContext:
     sync: bool = True
     """False on Romoa's lookahead iterations between sync points: the result is not applied."""
     client_ids: Optional[Tensor] = None
-    """(n,) ids of the clients whose uploads are the rows of the update matrix."""
+    """(n,) — (B, n) for a replica batch — ids of the clients whose uploads are the rows."""
     server_update: Optional[Callable[[], Tensor]] = None
-    """Δ₀ = η·∇F(θ_ref; root set): FLTrust's server update, computed on demand."""
+    """Δ₀ = η·∇F(θ_ref; root set): FLTrust's server update on demand ((B, d) for batches)."""
+    num_malicious: Optional[Any] = None
+    """How many of this round's uploads are crafted: an int, or a (B,) LongTensor for replica
+    batches. Only the attackers' own simulator of the server reads it (count-dependent rules
+    built with ``f="per_call"``); a real server never knows it."""
 
 
 @dataclass
@@ -71,6 +75,12 @@ class AttackContext:
     """forward(theta, x) -> logits with the task's model."""
     generator: torch.Generator = field(default_factory=torch.Generator)
     """The attack's own random stream (seeded per run and round)."""
+    population: Optional[int] = None
+    """K: every client of the federation (sampled or not); None in hand-built contexts."""
+    num_attackers_total: Optional[int] = None
+    """M: every malicious client of the federation (sampled or not); None in hand-built contexts."""
+    replica: int = 0
+    """Which replica of a replica-batched federation this round belongs to (0 for a single one)."""
 
     @property
     def num_malicious(self) -> int:

@@ -121,9 +121,10 @@ def resolve_strategy(strategy: str, device: torch.device) -> str:
 
 def local_sgd(task: Task, theta: Tensor, batches: Tensor, lr: float,
               strategy: str = "auto") -> Tensor:
-    """Each client runs ``steps`` SGD steps from its row of θ (n, d) on its batches (n, steps, B)."""
+    """Each client takes ``steps`` SGD steps from its row of θ (n, d) on batches (n, steps, B)."""
     if theta.dim() != 2 or theta.shape[0] != batches.shape[0]:
-        raise ValueError(f"theta must be (n, d) with n = {batches.shape[0]}, got {tuple(theta.shape)}")
+        raise ValueError(f"theta must be (n, d) with n = {batches.shape[0]}, "
+                         f"got {tuple(theta.shape)}")
     strategy = resolve_strategy(strategy, theta.device)
     step = _sgd_step_fn(task)
     task.model.train()

@@ -56,6 +56,22 @@ def strip(path: Path) -> bool:
     return changed
 
 
+SKIP_MARKER = "FIGURE SKIPPED:"
+"""A notebook that cannot produce its figure (optional data missing) prints a line starting so."""
+
+
+def skipped_reason(executed: Path) -> str | None:
+    """The reason an executed notebook printed after ``SKIP_MARKER`` at a line start, else None."""
+    nb = json.loads(Path(executed).read_text())
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []):
+            text = out.get("text", "")
+            for line in (text if isinstance(text, str) else "".join(text)).splitlines():
+                if line.startswith(SKIP_MARKER):
+                    return line[len(SKIP_MARKER):].strip()
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the notebooks; return the process exit status."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = root / "figures" / "executed"
     out_dir.mkdir(parents=True, exist_ok=True)
     failures: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
     for b in books:
         params = paper_parameters(root, b.stem) if args.profile == "paper" else {}
         start = time.perf_counter()
@@ -89,12 +106,18 @@ def main(argv: list[str] | None = None) -> int:
         try:
             pm.execute_notebook(str(b), str(out_dir / b.name), parameters=params,
                                 cwd=str(b.parent), kernel_name="python3", progress_bar=False)
-            print(f"    ok in {time.perf_counter() - start:.1f} s", flush=True)
+            why = skipped_reason(out_dir / b.name)
+            if why is not None:
+                skipped.append((b.stem, why))
+            status = "ok" if why is None else "SKIPPED"
+            print(f"    {status} in {time.perf_counter() - start:.1f} s", flush=True)
         except Exception as err:  # keep going: report every failure at the end
             msg = str(err).strip().splitlines()
             failures.append((b.stem, msg[-1] if msg else type(err).__name__))
             print(f"    FAILED after {time.perf_counter() - start:.1f} s", flush=True)
     print(f"\n{len(books) - len(failures)} of {len(books)} notebooks ran; figures in figures/")
+    for stem, why in skipped:
+        print(f"  SKIPPED {stem} (ran, produced no figure): {why}")
     for stem, why in failures:
         print(f"  FAILED {stem}: {why}")
     return 1 if failures else 0

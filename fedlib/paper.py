@@ -11,13 +11,22 @@ of appendix Fig. 9 (``"romoa-mnist"``) or the CIFAR-10 network of Fig. 10 (``"ro
 
 **One protocol for every defense.** Romoa is defined together with its asynchronous protocol
 (Algorithms 1–2: every participant takes one local SGD step per iteration and uploads it; the
-server aggregates every τ iterations, τ = 4 as in Fig. 3, and participants adopt the new
-global model, moving rate γ = 1). The paper compares Krum and RFA "in the same settings", so
+server aggregates every τ iterations, τ = 4 as in Fig. 3, and each participant moves towards
+the new global model at the moving rate γ, θᵢ ← θᵢ − γ(θᵢ − θ̄), Algorithm 2 line 11). The
+paper compares Krum and RFA "in the same settings", so
 every defense here runs in that protocol (``protocol="romoa"``): the rules without state
 (mean, Krum, RFA) simply aggregate the τ-step paths Δᵢ = θ̄ − θᵢ at the sync points and
 ignore the lookahead uploads in between, which only Romoa uses (its sanitizing factors are
 updated every iteration, Algorithm 2 lines 16–19). Iterations, not rounds, are counted:
 ``rounds`` = T of Algorithm 2.
+
+**Moving rate γ** (:func:`moving_rate`, argument ``moving_rate`` of :func:`romoa_setting`).
+The paper prints no value for the moving rate; its only printed value of the symbol γ is
+§3.2's "generally assuming γ = 1/n if no further explanation is given" (where γ is the
+selection ratio of Eq. 4). Read literally, the shared symbol gives the moving rate 1/n, which
+is the default here (``"1/n"``); γ = 1 (every participant adopts the global model, ordinary
+FL) is the other reading, named by its value. Both are run by ``romoa_ablation``; every Romoa
+notebook has γ as a parameter and prints it in its figure titles.
 
 **Defenses** (:data:`DEFENSES`, :func:`defense_config`):
 
@@ -36,14 +45,22 @@ updated every iteration, Algorithm 2 lines 16–19). Iterations, not rounds, are
 
 **Attacks** (:func:`attack_config`): ``"upa"`` — Fang et al.'s local model poisoning (Romoa
 Eq. 2, :class:`fedlib.attacks.UPA`: the Krum attack against Krum, the trimmed-mean attack
-against every other rule), ``"tpa"`` — Bhagoji et al.'s targeted poisoning with explicit
+against every other rule), crafted in the space of ``upa_space``: ``"update"`` (the default:
+the deviation is taken on the uploads, as Fang et al.'s released code does) or ``"model"``
+(on the local models' parameters, Fang et al.'s printed description; on small models the
+crafted upload is then far larger than the benign ones); ``"adaptive"`` — the γ-search that
+queries the server's actual rule (:class:`fedlib.attacks.RuleSearch`; against Romoa it
+previews Algorithm 2 on a copy of the sanitizing factors), so that every defense, not only
+Krum, faces an attack tailored to it; ``"tpa"`` — Bhagoji et al.'s targeted poisoning with explicit
 boosting (Romoa Eq. 3, :class:`fedlib.attacks.TPA`) flipping 6 → 3 on MNIST and frog → bird
-(indices 6 → 2) on CIFAR-10, ``"none"``. Both attacks run at full dosage, stealth factor
-α = 1 (§2.2; the paper does not give the α of its evaluation). In Romoa's protocol TPA takes
-τ local steps on its poisoned objective from the last synced model (``steps = tau``): "using
-the same training setting as others", an honest participant's upload at a sync point is τ
-local steps from that model too (the attack object's own default would be one step, the
-protocol's ``local_steps``). UPA needs no training: it crafts from the benign uploads.
+(indices 6 → 2) on CIFAR-10, ``"none"``. Every attack runs at full dosage, stealth factor
+α = 1 (§2.2; the paper does not give the α of its evaluation). TPA's boost is omitted, as
+§2.2 states (``attack_params={"boost": "n/m"}`` restores Bhagoji's explicit boosting). In
+Romoa's protocol TPA keeps a persistent poisoned local state "using the same training
+setting as others": one poisoned local step per iteration, so its upload at lookahead
+iteration k is a k-step path like the honest ones, and at a sync it moves towards θ̄ at the
+same γ (``moving_rate`` is passed to the attack). UPA and the adaptive attack need no
+training: they craft from the benign uploads.
 
 **Error rate** (§2.2, :func:`error_rate`): UPA — one minus the test accuracy; TPA — "the
 attack confidence of the target class", the mean softmax probability of the poison label
@@ -60,13 +77,19 @@ from .runs import RunConfig
 
 __all__ = [
     "PAPER_DEFAULTS", "MODELS", "DEFENSES", "DEFENSE_LABELS", "ATTACKS", "TABLE1_GRID",
-    "TPA_LABELS", "krum_f", "defense_config", "attack_config", "romoa_setting", "error_rate",
-    "error_curve", "defense_style", "table1_cells", "Claim", "check_claims",
+    "TPA_LABELS", "MOVING_RATES", "UPA_SPACES", "ROMOA_CHANGES", "moving_rate", "krum_f",
+    "defense_config", "attack_config", "romoa_setting", "error_rate", "error_curve", "defense_style", "table1_cells", "Claim", "check_claims",
 ]
 
-PAPER_DEFAULTS: dict[str, Any] = dict(protocol="romoa", tau=4, moving_rate=1.0, lr=0.001,
-                                      batch_size=64, partition="iid", seed=0)
-"""§2.2's default FL task (plus τ = 4 of Fig. 3 and γ = 1); n and the adversaries are arguments."""
+PAPER_DEFAULTS: dict[str, Any] = dict(protocol="romoa", tau=4, lr=0.001, batch_size=64,
+                                      partition="iid", seed=0)
+"""§2.2's default FL task (plus τ = 4 of Fig. 3); n, γ and the adversaries are arguments."""
+
+MOVING_RATES: tuple[str, ...] = ("1/n", "1")
+"""The named moving rates: the paper's only printed γ (1/n, the default) and full adoption."""
+
+UPA_SPACES: tuple[str, ...] = ("update", "model")
+"""Where Fang's trimmed-mean attack crafts: on the uploads (default) or the model parameters."""
 
 MODELS: dict[str, str] = {"mnist": "romoa-mnist", "cifar10": "romoa-cifar"}
 """The appendix architectures: Fig. 9 (MNIST) and Fig. 10 (CIFAR-10)."""
@@ -77,9 +100,22 @@ DEFENSES: tuple[str, ...] = ("baseline", "romoa-literal", "romoa-calibrated", "r
 DEFENSE_LABELS: dict[str, str] = {"baseline": "baseline (mean)", "romoa-literal": "Romoa (literal)",
                                   "romoa-calibrated": "Romoa (calibrated)", "rfa": "RFA",
                                   "krum": "Krum"}
-"""Legend / table labels."""
+"""Legend / table labels. "literal" and "calibrated" are the two presets of
+:class:`fedlib.romoa.Romoa`; against UPA the calibrated preset's work is done by its cluster
+penalty (Eqs. 8–10 replaced), not by its measurement calibrations (``romoa_ablation``)."""
 
-ATTACKS: tuple[str, ...] = ("none", "upa", "tpa")
+ROMOA_CHANGES: dict[str, dict[str, str]] = {
+    "Eq. 4 ranks the path": {"selection": "path"},
+    "Eq. 5 sub-vector cosine": {"elementwise": "cosine"},
+    "Eq. 7 Pearson's r": {"pearson": "centered"},
+    "robust bandwidth": {"bandwidth": "robust"},
+    "cluster penalty (Eqs. 8–10)": {"generating": "cluster_penalty"},
+}
+"""The five differences between the ``literal`` and ``calibrated`` presets, each a named
+option of :class:`fedlib.romoa.Romoa`: four measurement calibrations and the replacement of
+the printed generating function."""
+
+ATTACKS: tuple[str, ...] = ("none", "upa", "tpa", "adaptive")
 
 TPA_LABELS: dict[str, tuple[int, int]] = {"mnist": (6, 3), "cifar10": (6, 2)}
 """(true, poison) label of TPA's targets: Fig. 2's 6 → 3 (MNIST) and frog → bird (CIFAR-10,
@@ -113,25 +149,56 @@ def krum_f(n: int, adversaries: int) -> int:
     return min(adversaries, (n - 3) // 2)
 
 
-def defense_config(defense: str, n: int = 10, adversaries: int = 1) -> dict[str, Any]:
-    """``{"aggregator": …, "aggregator_params": …}`` of a Romoa §5 defense (see the module doc)."""
+def moving_rate(n: int, value: Any = "1/n") -> float:
+    """The moving rate γ of Algorithm 2 line 11: ``"1/n"`` (the paper's printed γ), ``"1"`` or a float."""
+    if isinstance(value, str):
+        if value not in MOVING_RATES:
+            raise ValueError(f"moving_rate must be one of {MOVING_RATES} or a number in (0, 1], "
+                             f"got {value!r}")
+        return 1.0 / n if value == "1/n" else 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"moving_rate must be one of {MOVING_RATES} or a number in (0, 1], "
+                         f"got {value!r}")
+    return float(value)
+
+
+_moving_rate = moving_rate          # romoa_setting's argument of the same name shadows it
+
+
+def defense_config(defense: str, n: int = 10, adversaries: int = 1,
+                   romoa_options: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """``{"aggregator": …, "aggregator_params": …}`` of a Romoa §5 defense (see the module doc).
+
+    ``romoa_options`` are named options of :class:`fedlib.romoa.Romoa` added to a Romoa
+    preset (e.g. ``{"generating": "cluster_penalty"}``, see :data:`ROMOA_CHANGES`).
+    """
     key = _canonical_defense(defense)
+    extra = dict(romoa_options or {})
+    if extra and not key.startswith("romoa-"):
+        raise ValueError(f"romoa_options apply to the Romoa defenses only, not {defense!r}")
     if key == "baseline":
         return {"aggregator": "mean", "aggregator_params": {}}
     if key.startswith("romoa-"):
-        return {"aggregator": "romoa", "aggregator_params": {"reading": key.split("-", 1)[1]}}
+        from .romoa import Romoa
+        params = {"reading": key.split("-", 1)[1], **extra}
+        Romoa(**params)                                  # unknown/invalid options: ValueError now
+        return {"aggregator": "romoa", "aggregator_params": params}
     if key == "rfa":
         return {"aggregator": "geometric_median", "aggregator_params": {}}
     return {"aggregator": "krum", "aggregator_params": {"f": krum_f(n, adversaries)}}
 
 
 def attack_config(attack: str, dataset: str = "mnist", adversaries: int = 1,
-                  params: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
-    """``{"attack", "attack_params", "num_attackers"}`` for UPA (Eq. 2), TPA (Eq. 3) or none.
+                  params: Optional[Mapping[str, Any]] = None,
+                  upa_space: str = "update") -> dict[str, Any]:
+    """``{"attack", "attack_params", "num_attackers"}`` for UPA (Eq. 2), TPA (Eq. 3), the
+    adaptive γ-search (:class:`fedlib.attacks.RuleSearch`) or none.
 
     ``params`` are extra keyword arguments of the attack (e.g. ``{"stealth": 0.5}``); TPA's
-    labels default to :data:`TPA_LABELS` of ``dataset``.
+    labels default to :data:`TPA_LABELS` of ``dataset``; UPA crafts in ``upa_space``.
     """
+    if upa_space not in UPA_SPACES:
+        raise ValueError(f"upa_space must be one of {UPA_SPACES}, got {upa_space!r}")
     key = str(attack).strip().lower()
     if key not in ATTACKS:
         raise ValueError(f"unknown attack {attack!r}; choose from {ATTACKS}")
@@ -143,6 +210,8 @@ def attack_config(attack: str, dataset: str = "mnist", adversaries: int = 1,
     if not isinstance(adversaries, int) or adversaries < 1:
         raise ValueError(f"attack {key!r} needs adversaries ≥ 1, got {adversaries!r}")
     out: dict[str, Any] = {}
+    if key == "upa":
+        out = {"space": upa_space}
     if key == "tpa":
         if dataset not in TPA_LABELS:
             raise ValueError(f"no TPA labels for dataset {dataset!r}; pass params=dict(source=…, "
@@ -150,19 +219,24 @@ def attack_config(attack: str, dataset: str = "mnist", adversaries: int = 1,
         source, poison = TPA_LABELS[dataset]
         out = {"source": source, "poison": poison}
     out.update(extra)
-    return {"attack": key, "attack_params": out, "num_attackers": adversaries}
+    name = "rule_search" if key == "adaptive" else key
+    return {"attack": name, "attack_params": out, "num_attackers": adversaries}
 
 
 def romoa_setting(dataset: str = "mnist", defense: str = "baseline", attack: str = "upa",
                   n: int = 10, adversaries: int = 1,
                   profile_overrides: Optional[Mapping[str, Any]] = None,
-                  attack_params: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+                  attack_params: Optional[Mapping[str, Any]] = None, *,
+                  moving_rate: Any = "1/n", upa_space: str = "update",
+                  romoa_options: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """The full, validated run config of one Romoa §5 setting (a plain dict for ``runs.run``).
 
     Starts from :data:`PAPER_DEFAULTS` and the dataset's appendix model, adds the defense
     (:func:`defense_config`) and the attack (:func:`attack_config`, participants
     0..adversaries−1 malicious; none for ``attack="none"``, where ``adversaries`` still sets
-    Krum's f; TPA in Romoa's protocol takes ``steps = tau``), then applies ``profile_overrides`` — any other :class:`fedlib.runs.RunConfig`
+    Krum's f; UPA crafts in ``upa_space``; TPA gets the moving rate), the moving rate γ
+    (:func:`moving_rate`: ``"1/n"`` by default, ``"1"`` or a float) and ``romoa_options``
+    (Romoa defenses only), then applies ``profile_overrides`` — any other :class:`fedlib.runs.RunConfig`
     field (``rounds``, ``lr``, ``batch_size``, ``width``, ``eval_every``, ``eval_size``,
     ``train_size``, ``train_eval_size``, ``strategy``, ``partition``, ``seed``, ``model``…).
     The keys fixed by the arguments (dataset, n, defense, attack) cannot be overridden
@@ -178,17 +252,21 @@ def romoa_setting(dataset: str = "mnist", defense: str = "baseline", attack: str
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ValueError(f"unknown profile keys {unknown}; valid keys: {sorted(names)}")
-    fixed = sorted(set(overrides) & set(_FIXED))
+    fixed = sorted(set(overrides) & (set(_FIXED) | {"moving_rate"}))
     if fixed:
         raise ValueError(f"profile keys {fixed} are set by romoa_setting's arguments "
-                         "(dataset, defense, attack, n, adversaries, attack_params)")
+                         "(dataset, defense, attack, n, adversaries, attack_params, moving_rate)")
+    gamma = _moving_rate(n, moving_rate)
     cfg: dict[str, Any] = dict(PAPER_DEFAULTS, dataset=dataset, model=MODELS[dataset],
                                num_clients=n)
-    cfg.update(defense_config(defense, n, adversaries))
-    cfg.update(attack_config(attack, dataset, adversaries, attack_params))
+    cfg.update(defense_config(defense, n, adversaries, romoa_options))
+    cfg.update(attack_config(attack, dataset, adversaries, attack_params, upa_space))
     cfg.update(overrides)
-    if cfg["attack"] == "tpa" and cfg["protocol"] == "romoa" and "steps" not in cfg["attack_params"]:
-        cfg["attack_params"] = dict(cfg["attack_params"], steps=cfg["tau"])
+    if cfg["protocol"] == "romoa":                     # γ belongs to Romoa's protocol only
+        cfg["moving_rate"] = gamma
+    if cfg["attack"] == "tpa" and cfg["protocol"] == "romoa" \
+            and "moving_rate" not in cfg["attack_params"]:
+        cfg["attack_params"] = dict(cfg["attack_params"], moving_rate=cfg["moving_rate"])
     return RunConfig.from_dict(cfg).to_dict()
 
 
@@ -200,7 +278,7 @@ def _history(result: Any) -> Mapping[str, Sequence[Any]]:
 
 
 def error_curve(result: Any, attack: str) -> list[float]:
-    """Romoa §2.2 error rate at every evaluation: 1 − accuracy (UPA, none) or poison confidence (TPA)."""
+    """Romoa §2.2 error rate at every evaluation: 1 − accuracy (UPA, adaptive, none) or poison confidence (TPA)."""
     h = _history(result)
     key = str(attack).lower()
     if key not in ATTACKS:

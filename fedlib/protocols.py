@@ -1,186 +1,164 @@
-"""The two federated protocols of the papers, on flat vectors.
+"""The two federated protocols of the papers, as small objects holding their own parameters.
 
-* :func:`run_sync` — synchronous FedAvg-style rounds (L2A Algorithm 1): each round the server
-  samples w of K clients, each takes E local SGD steps from θ, uploads Δᵢ = θ − θᵢ, an attack
-  replaces the sampled malicious clients' uploads, and θ ← θ − Aggr(Δ).
-* :func:`run_romoa` — Romoa's asynchronous protocol with lookahead uploads (Romoa
+* :class:`SyncRounds` — synchronous FedAvg-style rounds (L2A Algorithm 1): each round the
+  server samples w of K clients, each takes E local SGD steps from θ, uploads Δᵢ = θ − θᵢ, an
+  attack replaces the sampled malicious clients' uploads, and θ ← θ − Aggr(Δ).
+* :class:`Lookahead` — Romoa's asynchronous protocol with lookahead uploads (Romoa
   Algorithms 1–2): every participant takes one local step per iteration and uploads every
   iteration; the server observes every upload (Romoa updates its sanitizing factors each
-  iteration) and aggregates every τ iterations, after which each participant moves toward
-  the new global model at the moving rate γ: θᵢ ← θᵢ − γ(θᵢ − θ̄).
+  iteration) and aggregates every τ iterations, after which each participant moves toward the
+  new global model at the moving rate γ: θᵢ ← θᵢ − γ(θᵢ − θ̄).
+
+A protocol's :meth:`step` advances a :class:`fedlib.federation.Federation` by one round (or
+iteration) for all of its replicas at once; the federation supplies local training, the attack
+seam and aggregation, so the round loop exists once.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
-from . import engine
-from .context import AttackContext, RoundContext, RoundEvent
-from .engine import Task
+from .engine import seed_for
 
+if TYPE_CHECKING:                                    # pragma: no cover
+    from .context import AttackContext
+    from .federation import Federation, StepResult
+    from .runs import RunConfig
 
-class Recorder:
-    """Collects the metrics of evaluated rounds into plain lists (JSON-ready)."""
-
-    def __init__(self, task: Task, eval_x: Tensor, eval_y: Tensor, train_x: Tensor | None,
-                 train_y: Tensor | None, targets: tuple[Tensor, Tensor, Tensor] | None,
-                 num_clients: int, record_weights: bool):
-        self.task, self.eval_x, self.eval_y = task, eval_x, eval_y
-        self.train_x, self.train_y, self.targets = train_x, train_y, targets
-        self.num_clients, self.record_weights = num_clients, record_weights
-        self.history: dict[str, list[Any]] = {"round": [], "test_accuracy": [], "test_loss": [],
-                                              "per_class_accuracy": []}
-        if train_x is not None:
-            self.history["train_accuracy"] = []
-        if targets is not None:
-            for k in ("target_true_confidence", "target_poison_confidence", "target_error",
-                      "target_attack_success"):
-                self.history[k] = []
-        if record_weights:
-            self.history["weights"] = []
-            self.history["weights_round"] = []
-
-    def weights(self, t: int, aggregator: Any, client_ids: Tensor) -> None:
-        """Store the aggregator's per-client weights of round t as a dense (K,) list."""
-        w = getattr(aggregator, "weights", None)
-        if not self.record_weights or w is None:
-            return
-        dense = torch.zeros(self.num_clients)
-        dense[client_ids.cpu()] = torch.as_tensor(w, dtype=torch.float32).detach().cpu()
-        self.history["weights"].append([round(v, 6) for v in dense.tolist()])
-        self.history["weights_round"].append(t)
-
-    def evaluate(self, t: int, theta: Tensor, aggregator: Any) -> None:
-        """Evaluate θ after ``t`` completed rounds and append every metric."""
-        h, task = self.history, self.task
-        m = engine.evaluate(task, theta, self.eval_x, self.eval_y)
-        h["round"].append(t)
-        h["test_accuracy"].append(m["accuracy"])
-        h["test_loss"].append(m["loss"])
-        h["per_class_accuracy"].append(m["per_class_accuracy"])
-        if self.train_x is not None:
-            h["train_accuracy"].append(engine.evaluate(task, theta, self.train_x, self.train_y)["accuracy"])
-        if self.targets is not None:
-            x, y_true, y_poison = self.targets
-            p = engine.predict_proba(task, theta, x)
-            h["target_true_confidence"].append(p.gather(1, y_true.view(-1, 1)).mean().item())
-            h["target_poison_confidence"].append(p.gather(1, y_poison.view(-1, 1)).mean().item())
-            h["target_error"].append((p.argmax(1) != y_true).float().mean().item())
-            h["target_attack_success"].append((p.argmax(1) == y_poison).float().mean().item())
-        report = getattr(aggregator, "report", None)
-        if callable(report):
-            h.setdefault("aggregator_report", []).append(report())
+Hook = Callable[["AttackContext"], Tensor]
 
 
-def _check_finite(vec: Tensor, what: str, t: int) -> None:
-    if not torch.isfinite(vec).all():
-        raise FloatingPointError(f"round {t}: {what} contains NaN/Inf; the run is aborted and "
-                                 "nothing is cached (lower the learning rate or check the attack)")
+@dataclass(frozen=True)
+class SyncRounds:
+    """L2A Algorithm 1: w of K clients per round, E local steps, θ ← θ − Aggr(θ − θᵢ)."""
 
+    clients_per_round: int
+    """w: clients the server samples each round (uniformly, without replacement)."""
+    local_steps: int = 1
+    """E: local SGD steps per round."""
+    shared_noise: float = 0.0
+    """Scale of the Laplace noise added to the model shared with clients (L2A App. E.2)."""
 
-def _poison_(updates: Tensor, mal: Tensor, attack: Any | None, task: Task, t: int, theta: Tensor, *,
-             lr: float, batch_size: int, local_steps: int, seed: int, aggregator: Any,
-             data: tuple[Tensor, Tensor]) -> None:
-    """Let the attack replace the malicious rows of ``updates`` in place (the attack hook)."""
-    if attack is None or not bool(mal.any()):
-        return
-    g = torch.Generator().manual_seed(engine.seed_for(seed, "attack", t))
-    ctx = AttackContext(
-        round=t, theta=theta, spec=task.spec, lr=lr, batch_size=batch_size, local_steps=local_steps,
-        honest_updates=updates[mal], benign_updates=updates[~mal], num_clients=len(updates),
-        aggregator=aggregator, data=data,
-        train=lambda th, x, y, steps, lr_, bs, ascent=False: engine.sgd(
-            task, th, x, y, steps, lr_, bs, generator=g, ascent=ascent),
-        forward=task.forward, generator=g)
-    crafted = attack(ctx)
-    expected = (ctx.num_malicious, theta.numel())
-    if tuple(crafted.shape) != expected:
-        raise ValueError(f"attack {getattr(attack, 'name', attack)!r} returned shape "
-                         f"{tuple(crafted.shape)}, expected {expected}")
-    updates[mal] = crafted.to(theta.dtype)
+    name = "sync"
+    provides_server_update = True
 
+    @classmethod
+    def from_config(cls, cfg: "RunConfig") -> "SyncRounds":
+        """The protocol a validated run config describes."""
+        return cls(cfg.clients_per_round or cfg.num_clients, cfg.local_steps, cfg.shared_noise)
 
-def run_sync(task: Task, theta: Tensor, *, rounds: int, clients_per_round: int, local_steps: int,
-             lr: float, batch_size: int, seed: int, aggregator: Any, attack: Any | None,
-             malicious: Tensor, attacker_data: tuple[Tensor, Tensor],
-             server_update: Callable[[Tensor], Tensor] | None, shared_noise: float,
-             recorder: Recorder, eval_every: int, strategy: str = "auto",
-             callbacks: Sequence[Callable[[RoundEvent], None]] = (),
-             progress: bool = True) -> Tensor:
-    """Synchronous rounds with subsampling (L2A Algorithm 1); returns the final θ."""
-    K = len(task.clients)
-    recorder.evaluate(0, theta, aggregator)
-    for t in tqdm(range(rounds), desc="rounds", disable=not progress, mininterval=2.0):
-        torch.manual_seed(engine.seed_for(seed, "round", t))
-        g = torch.Generator().manual_seed(engine.seed_for(seed, "subsample", t))
-        sampled = torch.randperm(K, generator=g)[:clients_per_round].sort().values
-        shared = theta
-        if shared_noise > 0:
-            noise = torch.distributions.Laplace(0.0, shared_noise).sample(theta.shape)
-            shared = theta + noise.to(theta)
-        batches = engine.sample_batches(task, sampled, t, local_steps, batch_size, seed)
-        local = engine.local_sgd(task, shared.expand(len(sampled), -1), batches, lr, strategy)
-        updates = shared.unsqueeze(0) - local
-        mal = malicious[sampled].to(updates.device)
-        _poison_(updates, mal, attack, task, t, shared, lr=lr, batch_size=batch_size,
-                 local_steps=local_steps, seed=seed, aggregator=aggregator, data=attacker_data)
-        rctx = RoundContext(round=t, theta=shared, spec=task.spec, lr=lr, sync=True,
-                            client_ids=sampled,
-                            server_update=(lambda _s=shared: server_update(_s)) if server_update else None)
-        delta = aggregator(updates, rctx)
-        _check_finite(delta, f"the {getattr(aggregator, 'name', 'aggregator')} aggregate", t)
+    def initial_state(self, theta: Tensor, num_clients: int) -> dict[str, Tensor]:
+        """Nothing beyond θ: clients start every round from the shared model."""
+        return {}
+
+    def sample(self, fed: "Federation", t: int) -> Tensor:
+        """(B, w) sorted client ids the server samples in round ``t`` (a stream per replica)."""
+        K = fed.num_clients
+        rows = []
+        for s in fed.seeds:
+            g = torch.Generator().manual_seed(seed_for(s, "subsample", t))
+            rows.append(torch.randperm(K, generator=g)[: self.clients_per_round].sort().values)
+        return torch.stack(rows)
+
+    def step(self, fed: "Federation", hook: Optional[Hook]) -> "StepResult":
+        """One round of Algorithm 1 for every replica."""
+        t, theta = fed.round, fed.theta
+        ids = self.sample(fed, t)
+        shared = theta.clone()
+        uploads = torch.empty(len(fed.seeds), ids.shape[1], theta.shape[1], dtype=theta.dtype,
+                              device=theta.device)
+
+        def train(b: int) -> None:                   # noise → local SGD, in replica b's stream
+            if self.shared_noise > 0:
+                noise = torch.distributions.Laplace(0.0, self.shared_noise).sample(theta[b].shape)
+                shared[b] = theta[b] + noise.to(theta)
+            starts = shared[b].expand(ids.shape[1], -1)
+            local = fed.local_train(b, starts, ids[b], t, self.local_steps)
+            uploads[b] = shared[b].unsqueeze(0) - local
+
+        fed.for_each_replica(t, train, batched=self._batched_train(fed, shared, ids, uploads))
+        mal = fed.poison(uploads, ids, shared, hook, local_steps=self.local_steps)
+        delta = fed.aggregate(uploads, ids, shared, mal, sync=True)
         new_theta = theta - delta
-        recorder.weights(t + 1, aggregator, sampled)
-        for cb in callbacks:
-            cb(RoundEvent(round=t, theta_shared=shared, theta_before=theta, theta_after=new_theta,
-                          uploads=updates, client_ids=sampled, malicious=mal, sync=True, lr=lr,
-                          aggregator=aggregator))
-        theta = new_theta
-        if (t + 1) % eval_every == 0 or t + 1 == rounds:
-            recorder.evaluate(t + 1, theta, aggregator)
-    return theta
+        fed.theta = new_theta
+        return fed.result(t, True, shared, theta, new_theta, uploads, ids, mal)
+
+    def _batched_train(self, fed: "Federation", shared: Tensor, ids: Tensor,
+                       uploads: Tensor) -> Optional[Callable[[], None]]:
+        """Local training of all replicas as one vmapped call (no shared noise), if it applies."""
+        if self.shared_noise > 0:
+            return None
+
+        def run() -> None:
+            B, w = ids.shape
+            starts = shared.unsqueeze(1).expand(B, w, -1)
+            uploads.copy_(starts - fed.local_train_all(starts, ids, fed.round, self.local_steps))
+
+        return run
+
+    def state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The protocol state to snapshot (none)."""
+        return {}
 
 
-def run_romoa(task: Task, theta: Tensor, *, rounds: int, tau: int, moving_rate: float, lr: float,
-              batch_size: int, seed: int, aggregator: Any, attack: Any | None, malicious: Tensor,
-              attacker_data: tuple[Tensor, Tensor], recorder: Recorder, eval_every: int,
-              strategy: str = "auto", callbacks: Sequence[Callable[[RoundEvent], None]] = (),
-              progress: bool = True) -> Tensor:
-    """Romoa's lookahead protocol (Algorithms 1–2) for ``rounds`` iterations; returns θ̄."""
-    n = len(task.clients)
-    everyone = torch.arange(n)
-    states = theta.expand(n, -1).clone()
-    synced = theta
-    mal = malicious.to(theta.device)
-    recorder.evaluate(0, synced, aggregator)
-    for t in tqdm(range(rounds), desc="iterations", disable=not progress, mininterval=2.0):
-        torch.manual_seed(engine.seed_for(seed, "round", t))
-        batches = engine.sample_batches(task, everyone, t, 1, batch_size, seed)
-        states = engine.local_sgd(task, states, batches, lr, strategy)          # Alg. 2 line 7
-        updates = synced.unsqueeze(0) - states                                   # line 8 (upload)
-        _poison_(updates, mal, attack, task, t, synced, lr=lr, batch_size=batch_size,
-                 local_steps=1, seed=seed, aggregator=aggregator, data=attacker_data)
-        sync = (t + 1) % tau == 0
-        rctx = RoundContext(round=t, theta=synced, spec=task.spec, lr=lr, sync=sync,
-                            client_ids=everyone)
+@dataclass(frozen=True)
+class Lookahead:
+    """Romoa Algorithms 1–2: one local step and one upload per iteration, a sync every τ."""
+
+    tau: int
+    """τ: iterations between two sync points (aggregations)."""
+    moving_rate: float = 1.0
+    """γ: how far participants move toward θ̄ at a sync, θᵢ ← θᵢ − γ(θᵢ − θ̄) (1 = adopt it)."""
+
+    name = "romoa"
+    provides_server_update = False
+
+    @classmethod
+    def from_config(cls, cfg: "RunConfig") -> "Lookahead":
+        """The protocol a validated run config describes."""
+        return cls(cfg.tau, cfg.moving_rate)
+
+    def initial_state(self, theta: Tensor, num_clients: int) -> dict[str, Tensor]:
+        """Every participant starts from the initial model: states (B, n, d)."""
+        return {"states": theta.unsqueeze(1).expand(-1, num_clients, -1).clone()}
+
+    def sample(self, fed: "Federation", t: int) -> Tensor:
+        """(B, n): every participant uploads every iteration."""
+        return torch.arange(fed.num_clients).expand(len(fed.seeds), -1).clone()
+
+    def step(self, fed: "Federation", hook: Optional[Hook]) -> "StepResult":
+        """One iteration of Algorithm 2 for every replica."""
+        t, synced = fed.round, fed.theta
+        ids = self.sample(fed, t)
+        states = fed.protocol_state["states"]
+        new_states = torch.empty_like(states)
+
+        def train(b: int) -> None:                    # Alg. 2 line 7
+            new_states[b] = fed.local_train(b, states[b], ids[b], t, 1)
+
+        def train_all() -> None:
+            new_states.copy_(fed.local_train_all(states, ids, t, 1))
+
+        fed.for_each_replica(t, train, batched=train_all)
+        uploads = synced.unsqueeze(1) - new_states                              # line 8 (upload)
+        mal = fed.poison(uploads, ids, synced, hook, local_steps=1)
+        sync = (t + 1) % self.tau == 0
         new_synced = synced
-        if sync:                                                                 # lines 20–21
-            delta = aggregator(updates, rctx)
-            _check_finite(delta, f"the {getattr(aggregator, 'name', 'aggregator')} aggregate", t)
-            new_synced = synced - delta
-            states = torch.lerp(states, new_synced.expand_as(states), moving_rate)  # line 11
-            recorder.weights(t + 1, aggregator, everyone)
-        elif callable(getattr(aggregator, "observe", None)):                     # lines 16–19
-            aggregator.observe(updates, rctx)
-        for cb in callbacks:
-            cb(RoundEvent(round=t, theta_shared=synced, theta_before=synced, theta_after=new_synced,
-                          uploads=updates, client_ids=everyone, malicious=mal, sync=sync, lr=lr,
-                          aggregator=aggregator))
-        synced = new_synced
-        if (t + 1) % eval_every == 0 or t + 1 == rounds:
-            recorder.evaluate(t + 1, synced, aggregator)
-    return synced
+        if sync:                                                                # lines 20–21
+            new_synced = synced - fed.aggregate(uploads, ids, synced, mal, sync=True)
+            new_states = torch.lerp(new_states, new_synced.unsqueeze(1).expand_as(new_states),
+                                    self.moving_rate)                          # line 11
+        else:                                                                   # lines 16–19
+            fed.observe(uploads, ids, synced, mal)
+        fed.protocol_state["states"] = new_states
+        fed.theta = new_synced
+        return fed.result(t, sync, synced, synced, new_synced, uploads, ids, mal)
+
+
+def protocol_for(cfg: "RunConfig") -> Any:
+    """The protocol object of a validated run config."""
+    return SyncRounds.from_config(cfg) if cfg.protocol == "sync" else Lookahead.from_config(cfg)

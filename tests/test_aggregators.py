@@ -265,7 +265,7 @@ def test_torch_sort_path_matches_numpy_path(name):
 
 BAD_UPDATES = [
     torch.zeros(5),  # 1-D
-    torch.zeros(2, 3, 4),  # 3-D
+    torch.zeros(0, 9, 3),  # an empty batch of replicas
     torch.zeros(0, 4),  # no clients
     torch.zeros(9, 0),  # no coordinates
     torch.zeros(9, 3, dtype=torch.int64),  # not floating point
@@ -601,3 +601,161 @@ def test_geometric_median_decreases_sum_of_distances(seed, n, d, n_out, log_scal
     assert objective(gm) <= objective(x.mean(dim=0)) * (1 + 1e-9) + n * 1e-6
     slack = n * 1e-6  # the smoothing eps: Weiszfeld descends on the smoothed objective
     assert objective(agg.geometric_median(x, iters=30)) <= objective(gm) * (1 + 1e-9) + slack
+
+
+# ----------------------------------------------------------------------------- zero and tiny norms
+
+def test_row_norms_do_not_underflow():
+    from fedlib.aggregators._checks import row_norms
+
+    x = torch.tensor([[1e-30] * 4, [0.0] * 4, [3.0, 4.0, 0.0, 0.0], [1e-40, 0.0, 0.0, 0.0]])
+    norms = row_norms(x)  # float32: the squares of 1e-30 underflow to 0
+    assert norms[0].item() == pytest.approx(2e-30, rel=1e-6, abs=0)
+    assert norms[1].item() == 0.0 and norms[2].item() == 5.0
+    assert norms[3].item() == pytest.approx(1e-40, rel=1e-3, abs=0)  # subnormal, still > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_fltrust_zero_update_gets_weight_zero_not_nan(dtype):
+    # a zero upload (stealth 0 with the literal base, Gaussian std 0, "send nothing") has
+    # no direction: trust 0, weight 0 — before, its weight was 0·∞ = NaN and the run aborted
+    x = torch.tensor([[0.0, 0.0], [2.0, 0.0], [1.0, 1.0]], dtype=dtype)
+    g0 = torch.tensor([1.0, 0.0], dtype=dtype)
+    out, w, _ = call("fltrust", x, server_update=g0)
+    assert torch.isfinite(w).all() and w[0].item() == 0.0
+    expect, w_rest, _ = call("fltrust", x[1:], server_update=g0)
+    assert torch.allclose(out, expect) and torch.allclose(w[1:], w_rest)
+    assert torch.equal(agg.fltrust(torch.zeros(3, 2, dtype=dtype), g0),
+                       torch.zeros(2, dtype=dtype))
+
+
+def test_fltrust_tiny_float32_update_is_rescaled_not_nan():
+    # ‖Δ₀‖/‖Δᵢ‖ must use the true norm of a 1e-30 row, whose float32 squares underflow
+    x = torch.tensor([[1e-30, 1e-30], [1.0, 0.1], [0.5, -0.2]])
+    g0 = torch.tensor([0.3, 0.1])
+    out, w, _ = call("fltrust", x, server_update=g0)
+    ref, w_ref, _ = call("fltrust", x.double(), server_update=g0.double())
+    assert torch.isfinite(out).all() and torch.isfinite(w).all()
+    assert torch.allclose(out.double(), ref, rtol=1e-5)
+    assert torch.allclose(w.double(), w_ref, rtol=1e-5)  # w₀ ≈ 8e28: the ‖Δ₀‖/‖Δᵢ‖ rescale
+
+
+@pytest.mark.parametrize("name", ["clipped_median", "centered_clipping", "geometric_median",
+                                  "krum", "bulyan"])
+@pytest.mark.parametrize("fill", [0.0, 1e-30])
+def test_rules_that_divide_by_norms_survive_zero_and_tiny_rows(name, fill):
+    # every rule dividing by a norm or a distance: several identical zero / 1e-30 rows
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(9, 4, generator=g) * 1e-2
+    x[:5] = fill  # a majority at the same point: distances 0 among them
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, w, _ = call(name, x, **({"tau": "median_norm"} if name == "centered_clipping"
+                                     else {}))
+    assert torch.isfinite(out).all() and torch.isfinite(w).all()
+    assert out.abs().max().item() <= x.abs().max().item()
+
+
+# ----------------------------------------------------------------------------- centered clipping τ
+
+def ipm_round(seed, d=20, n=10, m=2, epsilon=5.0, scale=1e-2):
+    """One round of uploads at lr·gradient scale: n − m benign rows, m IPM rows −ε·mean(benign)."""
+    g = torch.Generator().manual_seed(seed)
+    mu = scale * torch.ones(d, dtype=F64)
+    benign = mu + 0.5 * scale * torch.randn(n - m, d, generator=g, dtype=F64)
+    ipm = -epsilon * benign.mean(dim=0)
+    return torch.cat([benign, ipm.expand(m, d)]), benign.mean(dim=0)
+
+
+def test_centered_clipping_default_tau_follows_the_uploads_and_resists_ipm():
+    # τ = 10 (the old default) never clips lr-scaled uploads: the rule is the mean, which
+    # IPM (ε = 5, 2 of 10) reverses; τ = median upload norm keeps the benign direction
+    old, new = agg.get("centered_clipping", tau=10.0), agg.get("centered_clipping")
+    assert new.rule.params["tau"] == "median_norm"
+    for round_ in range(5):
+        x, benign_mean = ipm_round(round_)
+        ctx = ctx_with(d=x.shape[1])
+        assert torch.dot(old(x, ctx), benign_mean) < 0  # the defect: reversed
+        assert torch.dot(new(x, ctx), benign_mean) > 0
+        assert torch.allclose(old.weights, torch.full((10,), 0.1, dtype=F64))  # = the mean
+
+
+def test_centered_clipping_median_norm_is_scale_equivariant_and_validated():
+    x, _ = ipm_round(0)
+    for s in (1e-6, 1.0, 1e6):
+        assert torch.allclose(agg.centered_clipping(x * s), agg.centered_clipping(x) * s)
+    norms = x.norm(dim=1).sort().values
+    tau = float(norms[4] * 0.5 + norms[5] * 0.5)  # even n: mean of the two middle norms
+    assert torch.allclose(agg.centered_clipping(x), agg.centered_clipping(x, tau=tau))
+    for bad in ("median", "", None):
+        with pytest.raises(ValueError, match="tau"):
+            agg.get("centered_clipping", tau=bad)
+    assert torch.equal(agg.centered_clipping(torch.zeros(4, 3)), torch.zeros(3))
+
+
+# ----------------------------------------------------------------------------- f per call
+
+def ctx_f(f, d=2):
+    spec = ParamSpec(("w",), ((d,),))
+    return RoundContext(round=0, theta=torch.zeros(d), spec=spec, lr=0.1, num_malicious=f)
+
+
+@pytest.mark.parametrize("name, extra", [("krum", {}), ("multi_krum", {}),
+                                         ("multi_krum", {"m": 3}), ("trimmed_mean", {}),
+                                         ("bulyan", {})])
+def test_f_per_call_equals_a_fixed_f(name, extra):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(12, 5, generator=g, dtype=F64)
+    per_call = agg.get(name, f="per_call", **extra)
+    assert per_call.batched is True
+    for f in (0, 1, 2):
+        fixed = agg.get(name, f=f, **extra)
+        assert torch.equal(per_call(x, ctx_f(f, 5)), fixed(x))
+        assert torch.equal(per_call.weights, fixed.weights)
+        assert torch.equal(per_call(x, ctx_f(torch.tensor(f), 5)), fixed(x))
+    # a batch: each replica its own f, equal to separate calls with that f
+    xb = torch.randn(4, 12, 5, generator=g, dtype=F64)
+    fs = torch.tensor([2, 0, 2, 1])
+    out = per_call(xb, ctx_f(fs, 5))
+    for b in range(4):
+        fixed = agg.get(name, f=int(fs[b]), **extra)
+        assert torch.allclose(out[b], fixed(xb[b]), rtol=1e-12, atol=1e-14)
+        assert torch.allclose(per_call.weights[b], fixed.weights, rtol=1e-12, atol=1e-14)
+
+
+def test_f_per_call_validation_names_the_replica():
+    a = agg.get("krum", f="per_call")
+    x = torch.randn(3, 7, 2)
+    with pytest.raises(ValueError, match=r"n > 2f \+ 2.*replica 1"):
+        a(x, ctx_f(torch.tensor([1, 3, 0])))  # n = 7 ≤ 2·3 + 2
+    with pytest.raises(ValueError, match="num_malicious"):
+        a(x)  # no context
+    with pytest.raises(ValueError, match="num_malicious"):
+        a(x[0], ctx_f(None))
+    with pytest.raises(ValueError, match="replicas"):
+        a(x, ctx_f(torch.tensor([1, 1])))  # 2 counts for 3 replicas
+    with pytest.raises(ValueError, match="replica 2"):
+        a(x, ctx_f(torch.tensor([1, 1, -1])))
+    with pytest.raises(ValueError):
+        a(x, ctx_f(torch.tensor([1.0, 1.0, 1.0])))  # not integer
+    with pytest.raises(ValueError, match=r"n ≥ 4f \+ 3"):
+        agg.get("bulyan", f="per_call")(torch.randn(6, 2), ctx_f(1))
+    with pytest.raises(ValueError, match="per_call"):
+        agg.get("krum", f="each_call")
+    with pytest.raises(ValueError):
+        agg.get("multi_krum", f="per_call", m=0)
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1e-35])
+def test_distances_to_the_centre_do_not_underflow(scale):
+    # centered clipping compares ‖Δᵢ − v‖ with τ: at float32 scales where the squares of the
+    # differences underflow, the distances must not become 0 (which would switch clipping off)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 20, generator=g)
+    x[8:] = -5 * x[:8].mean(dim=0)  # IPM rows, clipped at τ = the median norm
+    expect = agg.centered_clipping(x, iters=3)
+    got = agg.centered_clipping(x * scale, iters=3) / scale
+    assert torch.allclose(got, expect, rtol=1e-4, atol=1e-5 * expect.abs().max().item())
+    z = torch.zeros(20)
+    assert torch.allclose(agg.iterative.distances_to(x * scale, z) / scale, x.norm(dim=1),
+                          rtol=1e-4)

@@ -1,5 +1,6 @@
 """Attacks: each one's defining property on small cases, stealth, collusion, the registry."""
 
+import dataclasses
 import math
 
 import pytest
@@ -11,7 +12,8 @@ from fedlib.context import AttackContext
 from fedlib.flat import ParamSpec, flatten_module
 
 ALL = ["alie", "eb", "fltrust_adaptive", "gaussian", "ipm", "label_flip", "lmp_krum",
-       "lmp_trimmed_mean", "min_max", "min_sum", "sign_flip", "tpa", "upa"]
+       "lmp_trimmed_mean", "min_max", "min_sum", "rule_search", "sign_flip", "tpa", "upa"]
+"""The attacks tested here; L2A's RL attack ("rl", fedlib.rl) trains a policy: tested there."""
 
 
 # ---------------------------------------------------------------- stand-ins and fixtures
@@ -116,7 +118,7 @@ def model_ctx(task, theta, m, round=0, aggregator=None, lr=0.1, batch_size=32, s
         aggregator=aggregator or MeanAgg(), data=(task.x_train[mal_idx], task.y_train[mal_idx]),
         train=lambda th, x, y, st, lr_, bs, ascent=False: engine.sgd(
             task, th, x, y, st, lr_, bs, generator=g, ascent=ascent),
-        forward=task.forward, generator=g)
+        forward=task.forward, generator=g, population=n, num_attackers_total=m)
 
 
 def build(name, task=None, **params):
@@ -130,7 +132,7 @@ def build(name, task=None, **params):
 
 # ---------------------------------------------------------------- registry
 def test_registry_names_and_errors():
-    assert attacks.available() == sorted(ALL)
+    assert attacks.available() == sorted(ALL + ["rl"])
     with pytest.raises(ValueError, match="available"):
         attacks.get("backdoor")
     with pytest.raises(ValueError, match="unknown parameters"):
@@ -264,7 +266,7 @@ def test_min_max_and_min_sum_binary_search():
             torch.testing.assert_close(out[0], mu + gamma * p)
             assert 0 < gamma < 20
 
-            def ok(gm):
+            def ok(gm, p=p, name=name):
                 dist = (benign - (mu + gm * p)).norm(dim=1)
                 pair = torch.cdist(benign, benign)
                 if name == "min_max":
@@ -278,8 +280,10 @@ def test_alie_mean_minus_z_sigma():
     benign = gaussian_updates(8, 25, seed=2)
     out = attacks.get("alie")(tensor_ctx(benign, gaussian_updates(2, 25, seed=3)))
     torch.testing.assert_close(out[1], benign.mean(0) - attacks.alie_z(10, 2) * benign.std(0))
-    with pytest.raises(ValueError, match="≥ 2"):
-        attacks.get("alie", knowledge="partial")(tensor_ctx(benign, gaussian_updates(1, 25)))
+    # one reference update (partial knowledge, one attacker): σ = 0, the attacker sends μ
+    lone = gaussian_updates(1, 25, seed=4)
+    out = attacks.get("alie", knowledge="partial")(tensor_ctx(benign, lone))
+    torch.testing.assert_close(out, lone)
 
 
 def test_gaussian_noise_is_seeded():
@@ -314,6 +318,117 @@ def test_fltrust_aggregate_and_adaptive_attack():
             gains[init, iters] = float(s @ (before - after))
     assert gains["server", 20] > gains["server", 0] and gains["server", 20] > 0
     assert gains["trim", 20] >= gains["trim", 0] - 1e-6
+
+
+def test_fang_trimmed_mean_attack_crafts_on_updates_by_default():
+    """Fang §4.2 on updates (the default): crafted deltas of the benign magnitude; the literal
+    model-space reading b-scales the parameters, so its deltas are of the order of |θ|."""
+    g = torch.Generator().manual_seed(3)
+    benign = 0.01 * torch.randn(8, 500, generator=g) + 0.005
+    honest = 0.01 * torch.randn(2, 500, generator=g) + 0.005
+    theta = torch.randn(500, generator=g)
+    assert attacks.get("lmp_trimmed_mean").space == "update"
+    assert attacks.get("upa")._trim.space == "update"
+    scale = float(benign.norm(dim=1).mean())
+    for name in ("lmp_trimmed_mean", "upa"):
+        default = attacks.get(name)(tensor_ctx(benign, honest, theta=theta))
+        literal = attacks.get(name, space="model")(tensor_ctx(benign, honest, theta=theta))
+        assert float(default.norm(dim=1).max()) < 3 * scale            # b = 2: ≤ 2·extremes
+        assert float(literal.norm(dim=1).min()) > 20 * scale           # ~|θ|: a trivial outlier
+        # both push the aggregate against Fang's s
+        s = fang.change_direction(benign)
+        assert float(s @ (torch.cat([default, benign]).mean(0) - benign.mean(0))) > 0
+
+
+def test_fltrust_adaptive_starts_trusted_and_moves():
+    """Cao et al.'s Trim initialisation has trust 0 here (no gradient: it cannot move); the
+    default turns it to 45° from g_0, so the ascent starts trusted and gains."""
+    benign = gaussian_updates(8, 100, seed=1, shift=0.2)
+    honest = gaussian_updates(2, 100, seed=2, shift=0.2)
+    g0 = benign.mean(0)
+    literal = attacks.get("fltrust_adaptive", server_update="benign_mean", init="trim")
+    out = literal(tensor_ctx(benign, honest))
+    cos = out @ g0 / (out.norm(dim=1) * g0.norm())
+    assert (cos <= 0).all()                                   # untrusted ...
+    still = attacks.get("fltrust_adaptive", server_update="benign_mean", init="trim",
+                        iterations=0)(tensor_ctx(benign, honest))
+    assert torch.equal(out, still)                            # ... and it stayed there
+    start = attacks.get("fltrust_adaptive", server_update="benign_mean", iterations=0)
+    first = start(tensor_ctx(benign, honest))
+    torch.testing.assert_close(first @ g0 / (first.norm(dim=1) * g0.norm()),
+                               torch.full((2,), 2 ** -0.5))
+    moved = attacks.get("fltrust_adaptive", server_update="benign_mean")
+    last = moved(tensor_ctx(benign, honest))
+    assert moved.last_gain > max(start.last_gain, literal.last_gain, 0.0)
+    assert (last @ g0 > 0).all()                              # still trusted
+
+
+@pytest.mark.parametrize("init", ["trim_trusted", "server"])
+def test_fltrust_adaptive_steps_act_in_the_units_of_the_updates(init):
+    """Scaling every update (and so g_0) by 10⁻³ scales the crafted updates by 10⁻³ exactly:
+    the ascent does not depend on how large η·∇ is."""
+    benign = gaussian_updates(8, 60, seed=4, shift=0.3)
+    honest = gaussian_updates(2, 60, seed=5, shift=0.3)
+    def att():
+        return attacks.get("fltrust_adaptive", server_update="benign_mean", init=init)
+
+    big = att()(tensor_ctx(benign, honest, seed=1))
+    small = att()(tensor_ctx(1e-3 * benign, 1e-3 * honest, seed=1))
+    torch.testing.assert_close(small * 1e3, big, rtol=1e-3, atol=1e-5)
+    assert not torch.allclose(big / big.norm(dim=1, keepdim=True),
+                              (benign.mean(0) / benign.mean(0).norm()).expand(2, -1), atol=1e-2)
+
+
+def test_fltrust_adaptive_lowers_fltrusts_accuracy():
+    """Short FLTrust runs on digits (10 clients, 5 adaptive attackers, 10 rounds): the final
+    accuracy, averaged over three seeds, drops against the same configs without the attack."""
+    from fedlib import runs
+    acc = {"none": [], "fltrust_adaptive": []}
+    for seed in (0, 1, 2):
+        for attack in acc:
+            cfg = dict(RUN, rounds=10, eval_every=10, eval_size=300, lr=0.3, seed=seed,
+                       aggregator="fltrust", root_size=60, num_attackers=5, attack=attack,
+                       attack_params={"root_size": 60, "seed": seed} if attack != "none" else {})
+            res = runs.run(cfg, cache=False, progress=False)
+            acc[attack].append(res.history["test_accuracy"][-1])
+    clean, attacked = sum(acc["none"]) / 3, sum(acc["fltrust_adaptive"]) / 3
+    assert attacked < clean - 0.05, acc
+
+
+def test_eb_boost_is_k_over_m_of_the_federation(digits_task):
+    """L2A App. E.1: boost K/M = 100/20 = 5, whatever this round's uploads/attackers are."""
+    task = digits_task
+    theta = flatten_module(task.model)
+
+    def ctx(**fields):
+        return dataclasses.replace(model_ctx(task, theta, m=1), **fields)
+
+    l2a = dict(population=100, num_attackers_total=20)
+    assert attacks.get("eb").boost_factor(ctx(**l2a)) == 5.0          # not 10 uploads / 1
+    torch.testing.assert_close(attacks.get("eb")(ctx(**l2a)),
+                               attacks.get("eb", boost=5.0)(ctx(**l2a)))
+    with pytest.raises(ValueError, match="boost"):
+        attacks.get("eb")(ctx(population=None, num_attackers_total=None))
+    out = attacks.get("eb", boost=2.0)(ctx(population=None, num_attackers_total=None))
+    assert out.shape == (1, theta.numel())
+
+
+def test_eb_stops_a_diverging_ascent_at_its_last_finite_iterate():
+    """EB on a blown-up model: the ascent overflows at step 3 of 5, so θ_E = θ after 2 steps."""
+    d = 6
+    ctx = tensor_ctx(torch.zeros(4, d), torch.zeros(2, d))
+    calls = []
+
+    def ascent(theta, x, y, steps, lr, bs, ascent=False):
+        calls.append(steps)
+        return theta + 1.0 if len(calls) < 3 else theta * float("inf")
+
+    ctx = dataclasses.replace(ctx, train=ascent, data=(torch.zeros(3, d), torch.zeros(3)),
+                              population=100, num_attackers_total=20)
+    eb = attacks.get("eb")
+    out = eb(ctx)
+    assert eb.last_steps == 2 and calls == [1, 1, 1]
+    torch.testing.assert_close(out, torch.full((2, d), -2.0 * 5))   # 5·(θ − (θ + 2))
 
 
 # ---------------------------------------------------------------- model-based attacks
@@ -370,11 +485,16 @@ def test_tpa_raises_poison_confidence_without_defense(digits_task):
             theta = theta - ups.mean(0)
         return theta
 
-    att = build("tpa", task)
+    att = build("tpa", task, boost="n/m")                  # Bhagoji's explicit boosting
     xt, yt, yp = att.targets
     clean, poisoned = run(None), run(att)
-    conf = lambda th, lab: engine.confidence(task, th, xt, lab)
-    acc = lambda th: engine.evaluate(task, th, task.x_test, task.y_test)["accuracy"]
+
+    def conf(th, lab):
+        return engine.confidence(task, th, xt, lab)
+
+    def acc(th):
+        return engine.evaluate(task, th, task.x_test, task.y_test)["accuracy"]
+
     assert conf(clean, yt) > 0.5                           # the clean model learned the 6s
     assert conf(poisoned, yp) > conf(clean, yp) + 0.3      # TPA: poison label confidence up
     assert conf(poisoned, yp) > conf(poisoned, yt)         # targets now classified as 3
@@ -482,5 +602,5 @@ def test_fltrust_adaptive_rebuilds_the_servers_root_update():
     att = attacks.get("fltrust_adaptive", root_size=60, seed=0)
     att.prepare(task)
     ctx = model_ctx(task, theta, m=2, lr=cfg.lr)
-    server = runs._server_update_fn(cfg, task)(theta)
+    server = runs.server_update_fn(cfg, task, cfg.seed)(theta)
     torch.testing.assert_close(att.server_update_of(ctx), server)

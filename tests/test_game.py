@@ -97,7 +97,8 @@ def test_utilities_match_literal_equations(n, d):
             assert RomoaGame(n, d).utility(i, prof) == literal_gstar(i, prof, n, d)
 
 
-@pytest.mark.parametrize("game", [FLGame(5, 3), RomoaGame(4, 2), RomoaGame(3, 3, price=honesty_bonus_price(3)),
+@pytest.mark.parametrize("game", [FLGame(5, 3), RomoaGame(4, 2),
+                                  RomoaGame(3, 3, price=honesty_bonus_price(3)),
                                   RomoaGame(3, 2, price=gm.power_price(2))])
 def test_scaled_table_is_exact_positive_multiple(game):
     O = compositions(game.n - 1, game.m)
@@ -166,7 +167,8 @@ def test_is_nash_and_best_responses_agree_with_enumerator():
 @pytest.mark.parametrize("d", [1, 2, 4])
 def test_gstar_equilibria_are_all_uniform_profiles(n, d):
     eqs = pure_nash_equilibria(RomoaGame(n, d))
-    assert [e.counts for e in eqs] == [tuple(n if a == lv else 0 for a in range(d + 1)) for lv in range(d + 1)]
+    assert [e.counts for e in eqs] == [tuple(n if a == lv else 0 for a in range(d + 1))
+                                       for lv in range(d + 1)]
     assert [e.strict for e in eqs] == [False] * d + [True]
     flg = pure_nash_equilibria(FLGame(n, d))
     assert len(flg) == 1 and flg[0].profile == (d,) * n and flg[0].strict
@@ -199,7 +201,7 @@ def test_repeated_games():
 @settings(max_examples=40, deadline=None)
 @given(st.integers(2, 5), st.integers(1, 3), st.data())
 def test_no_price_in_unit_interval_removes_all_attack_equilibrium(n, d, data):
-    """Proposition (notebook §5): with any pairwise prices in [0, 1], all-q_d stays a strict NE of Eq. 13."""
+    """Proposition (notebook §5): pairwise prices in [0, 1] keep all-q_d a strict NE (Eq. 13)."""
     vals = data.draw(st.lists(st.fractions(0, 1, max_denominator=6), min_size=(d + 1) ** 2,
                               max_size=(d + 1) ** 2))
     table = np.array(vals, dtype=object).reshape(d + 1, d + 1)
@@ -256,7 +258,8 @@ def test_sanitized_attack_score_bound_is_tight():
 
 def test_utility_and_repeated_claims():
     c = gm.UtilityClaim(lambda n, d: (d,) + (0,) * (n - 1),
-                        lambda n, d: (2 - F(1, n),) + (1 - F(1, n),) * (n - 1), gm.flg, "lone attacker")
+                        lambda n, d: (2 - F(1, n),) + (1 - F(1, n),) * (n - 1), gm.flg,
+                        "lone attacker")
     assert check_claim(c, GRID).holds
     assert check_claim(gm.RepeatedOutcomeClaim("d", gm.flg, T=3), GRID).holds
     r = check_claim(gm.RepeatedOutcomeClaim(0, gm.gstar, T=3), GRID)
@@ -324,4 +327,31 @@ def test_equilibrium_profiles_limit():
     eqs = pure_nash_equilibria(RomoaGame(12, 6))           # uniform classes: one ordering each
     assert len(equilibrium_profiles(eqs)) == 7
     with pytest.raises(ValueError):
-        equilibrium_profiles([gm.Equilibrium((0,) * 10 + (1,) * 10, True, (10, 10), math.comb(20, 10))], limit=1000)
+        equilibrium_profiles([gm.Equilibrium((0,) * 10 + (1,) * 10, True, (10, 10),
+                                             math.comb(20, 10))], limit=1000)
+
+
+def test_game_claim_is_named_apart_from_paper_claim():
+    """``fedlib.game.GameClaim`` (a statement about a game family) vs ``fedlib.paper.Claim``."""
+    from fedlib import paper
+
+    for cls in (gm.UniqueNashClaim, gm.AdversaryClaim, gm.UtilityClaim, gm.DominantActionClaim,
+                gm.RepeatedOutcomeClaim):
+        assert issubclass(cls, gm.GameClaim)
+    assert gm.GameClaim is not paper.Claim and "Claim" not in gm.__all__
+    with pytest.warns(DeprecationWarning, match="GameClaim"):
+        assert gm.Claim is gm.GameClaim
+    with pytest.raises(AttributeError):
+        gm.NoSuchName  # noqa: B018
+
+
+def test_game_package_exports_and_module_sizes():
+    """The split package keeps every public name at ``fedlib.game`` and no module is oversized."""
+    import importlib
+    from pathlib import Path
+
+    for name in gm.__all__:
+        assert hasattr(gm, name), name
+    for mod in ("games", "romoa_games", "equilibria", "repeated", "claims"):
+        m = importlib.import_module(f"fedlib.game.{mod}")
+        assert len(Path(m.__file__).read_text().splitlines()) <= 400, mod

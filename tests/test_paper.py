@@ -48,8 +48,14 @@ def test_krum_f_rejects_impossible():
 
 def test_attack_mapping():
     assert paper.attack_config("none") == {"attack": "none", "attack_params": {}, "num_attackers": 0}
-    assert paper.attack_config("upa", "mnist", 3) == {"attack": "upa", "attack_params": {},
+    assert paper.attack_config("upa", "mnist", 3) == {"attack": "upa",
+                                                      "attack_params": {"space": "update"},
                                                       "num_attackers": 3}
+    assert paper.attack_config("upa", upa_space="model")["attack_params"] == {"space": "model"}
+    assert paper.attack_config("adaptive", "mnist", 2) == {"attack": "rule_search",
+                                                           "attack_params": {}, "num_attackers": 2}
+    with pytest.raises(ValueError, match="upa_space"):
+        paper.attack_config("upa", upa_space="weights")
     assert paper.attack_config("tpa", "mnist")["attack_params"] == {"source": 6, "poison": 3}
     assert paper.attack_config("tpa", "cifar10")["attack_params"] == {"source": 6, "poison": 2}
     assert paper.attack_config("tpa", "mnist", 1, {"stealth": 0.5})["attack_params"] == \
@@ -69,18 +75,43 @@ def test_paper_defaults():
     assert (cfg["dataset"], cfg["model"], cfg["num_clients"], cfg["num_attackers"]) == \
         ("mnist", "romoa-mnist", 10, 1)
     assert (cfg["lr"], cfg["batch_size"], cfg["protocol"], cfg["tau"], cfg["moving_rate"]) == \
-        (0.001, 64, "romoa", 4, 1.0)
+        (0.001, 64, "romoa", 4, 0.1)                          # γ = 1/n, the printed value
+    assert cfg["attack_params"] == {"space": "update"}
     assert cfg["partition"] == "iid" and cfg["attack"] == "upa" and cfg["aggregator"] == "mean"
     assert paper.romoa_setting("cifar10", "rfa", "tpa")["model"] == "romoa-cifar"
     t1 = paper.romoa_setting("mnist", "krum", "upa", n=20, adversaries=9)
     assert t1["aggregator_params"] == {"f": 8} and t1["num_attackers"] == 9
     tpa = paper.romoa_setting(attack="tpa", profile_overrides={"tau": 5})
-    assert tpa["attack_params"] == {"source": 6, "poison": 3, "steps": 5}     # τ local steps
-    assert paper.romoa_setting(attack="tpa", attack_params={"steps": 1})["attack_params"]["steps"] == 1
-    assert "steps" not in paper.romoa_setting(attack="tpa", profile_overrides={"protocol": "sync"}
-                                              )["attack_params"]
+    assert tpa["attack_params"] == {"source": 6, "poison": 3, "moving_rate": 0.1}
+    assert "moving_rate" not in paper.romoa_setting(attack="tpa", profile_overrides={"protocol": "sync"}
+                                                    )["attack_params"]
     none = paper.romoa_setting(defense="krum", attack="none", adversaries=2)
     assert none["num_attackers"] == 0 and none["aggregator_params"] == {"f": 2}
+
+
+def test_moving_rate_upa_space_and_romoa_options_are_explicit():
+    assert paper.moving_rate(10) == 0.1 and paper.moving_rate(20, "1/n") == 0.05
+    assert paper.moving_rate(10, "1") == 1.0 and paper.moving_rate(10, 0.5) == 0.5
+    for bad in ("1/2", 0.0, 1.5, True):
+        with pytest.raises(ValueError, match="moving_rate"):
+            paper.moving_rate(10, bad)
+    assert paper.romoa_setting(n=20, adversaries=1)["moving_rate"] == 0.05
+    assert paper.romoa_setting(moving_rate="1")["moving_rate"] == 1.0
+    with pytest.raises(ValueError, match="set by romoa_setting"):
+        paper.romoa_setting(profile_overrides={"moving_rate": 1.0})
+    assert paper.romoa_setting(upa_space="model")["attack_params"] == {"space": "model"}
+    cfg = paper.romoa_setting(defense="romoa-literal",
+                              romoa_options={"generating": "cluster_penalty"})
+    assert cfg["aggregator_params"] == {"reading": "literal", "generating": "cluster_penalty"}
+    with pytest.raises(ValueError, match="generating"):
+        paper.romoa_setting(defense="romoa-literal", romoa_options={"generating": "clustered"})
+    with pytest.raises(ValueError, match="Romoa defenses only"):
+        paper.romoa_setting(defense="krum", romoa_options={"generating": "cluster_penalty"})
+    # the five changes between the presets, each a named option
+    from fedlib.romoa import Romoa
+    built = Romoa("literal", **{k: v for ch in paper.ROMOA_CHANGES.values() for k, v in ch.items()})
+    cal = Romoa("calibrated")
+    assert built.options == cal.options and built.bandwidth == cal.bandwidth
 
 
 def test_every_defense_uses_the_same_fl_setting():
@@ -128,6 +159,7 @@ def test_error_rate_definitions():
          "target_poison_confidence": [0.1, 0.5, 0.7]}
     assert paper.error_curve(h, "upa") == pytest.approx([0.9, 0.4, 0.1])
     assert paper.error_curve(h, "none") == pytest.approx([0.9, 0.4, 0.1])
+    assert paper.error_curve(h, "adaptive") == pytest.approx([0.9, 0.4, 0.1])
     assert paper.error_curve(h, "tpa") == pytest.approx([0.1, 0.5, 0.7])
     assert paper.error_rate(h, "upa") == pytest.approx(0.1)
     assert paper.error_rate(h, "tpa", last=2) == pytest.approx(0.6)
@@ -152,7 +184,7 @@ def test_settings_run_end_to_end(tmp_path, monkeypatch):
     prof = dict(rounds=4, eval_every=4, eval_size=100, lr=0.1, batch_size=16, model="digits-cnn",
                 device="cpu")
     for defense in paper.DEFENSES:
-        for attack in ("upa", "tpa"):
+        for attack in ("upa", "tpa", "adaptive"):
             cfg = paper.romoa_setting("mnist", defense, attack, profile_overrides=prof)
             cfg["dataset"] = "digits"            # same setting on the offline-free test data
             res = runs.run(cfg, progress=False)
@@ -181,7 +213,8 @@ def _parameters(stem: str, profile: str) -> dict:
 
 
 RUN_KEYS = ("datasets", "width", "rounds", "lr", "batch_size", "tau", "eval_every", "eval_size",
-            "train_size", "train_eval_size", "strategy", "seeds")
+            "train_size", "train_eval_size", "strategy", "seeds", "moving_rate")
+EXTRA_KEYS = {"romoa_fig5_upa_error": ("upa_space", "attacks"), "romoa_fig6_tpa_confidence": ("tpa_boost",)}
 
 
 @pytest.mark.parametrize("profile", ["smoke", "paper"])
@@ -189,7 +222,7 @@ RUN_KEYS = ("datasets", "width", "rounds", "lr", "batch_size", "tau", "eval_ever
                                            ("romoa_fig6_tpa_confidence", "romoa_fig8_tpa_accuracy")])
 def test_paired_figures_share_their_runs(first, second, profile):
     a, b = _parameters(first, profile), _parameters(second, profile)
-    for k in RUN_KEYS:
+    for k in RUN_KEYS + EXTRA_KEYS[first]:
         assert a[k] == b[k], f"{first} and {second} differ in {k!r} ({profile}): {a[k]!r} vs {b[k]!r}"
 
 
@@ -201,7 +234,7 @@ def test_table1_runs_the_figure_settings(profile):
     short = profile == "smoke"
     for fig in ("romoa_fig5_upa_error", "romoa_fig6_tpa_confidence"):
         f = _parameters(fig, profile)
-        for k in RUN_KEYS:
+        for k in RUN_KEYS + EXTRA_KEYS[fig][:1]:
             if k == "datasets":
                 assert set(f[k]) <= set(t1[k]) or set(t1[k]) <= set(f[k])
             elif not (short and k == "eval_every"):

@@ -254,10 +254,10 @@ def test_eq8_10_generating_functions_by_hand():
     c = torch.tensor(0.5, dtype=torch.float64)
     torch.testing.assert_close(generating_function(m, c),
                                torch.tensor([0.0, -0.05, -1.0], dtype=torch.float64))
-    # clustered: members of the majority cluster 0, the others −(|m − c|/h − 1)⁺
+    # cluster penalty: members of the majority cluster 0, the others −(|m − c|/h − 1)⁺
     member = torch.tensor([True, True, False])
     h = torch.tensor(0.25, dtype=torch.float64)
-    torch.testing.assert_close(generating_function(m, c, "clustered", member=member, bandwidth=h),
+    torch.testing.assert_close(generating_function(m, c, "cluster_penalty", member=member, bandwidth=h),
                                torch.tensor([0.0, 0.0, -3.0], dtype=torch.float64))
     s = torch.tensor(0.05, dtype=torch.float64)
     # standardized: (|m − c| − 2s)⁺/s = (0, 0, 0.9)/0.05
@@ -266,7 +266,7 @@ def test_eq8_10_generating_functions_by_hand():
     with pytest.raises(ValueError):
         generating_function(m, c, "standardized")
     with pytest.raises(ValueError):
-        generating_function(m, c, "clustered", member=member)
+        generating_function(m, c, "cluster_penalty", member=member)
     with pytest.raises(ValueError):
         generating_function(m, c, "quadratic", scale=s)
 
@@ -345,7 +345,7 @@ COMBOS = [
     ("calibrated", {}),
     ("literal", {"centroid": "own"}),
     ("literal", {"generating": "standardized"}),
-    ("literal", {"generating": "clustered"}),
+    ("literal", {"generating": "cluster_penalty"}),
     ("calibrated", {"generating": "standardized", "kernel": "gaussian", "bandwidth": 0.3}),
     ("calibrated", {"bandwidth": "auto"}),
     ("calibrated", {"selection": "parameter", "pearson": "printed", "centroid": "own"}),
@@ -603,3 +603,63 @@ def test_registry_builds_romoa_lazily():
     from fedlib import aggregators
     agg = aggregators.get("romoa", reading="calibrated", beta=0.25)
     assert isinstance(agg, Romoa) and agg.reading == "calibrated" and agg.beta == 0.25
+
+
+# ------------------------------------------------ named options, presets and the preview
+
+
+def test_generating_function_names_the_cluster_penalty_and_rejects_the_old_name():
+    m = torch.tensor([0.5, -0.5], dtype=torch.float64)
+    c = torch.tensor(0.5, dtype=torch.float64)
+    member = torch.tensor([True, False])
+    h = torch.tensor(0.5, dtype=torch.float64)
+    torch.testing.assert_close(generating_function(m, c, "cluster_penalty", member=member,
+                                                   bandwidth=h),
+                               torch.tensor([0.0, -1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="generating"):
+        generating_function(m, c, "clustered", member=member, bandwidth=h)
+    with pytest.raises(ValueError, match="generating"):
+        Romoa("literal", generating="clustered")
+
+
+def test_presets_are_made_of_the_named_options():
+    from fedlib.romoa import READINGS
+    assert READINGS["calibrated"]["generating"] == "cluster_penalty"
+    lit = Romoa("literal")
+    built = Romoa("literal", selection="path", elementwise="cosine", pearson="centered",
+                  bandwidth="robust", generating="cluster_penalty")
+    cal = Romoa("calibrated")
+    assert built.options == cal.options and built.bandwidth == cal.bandwidth
+    assert lit.options["generating"] == "signed" and lit.bandwidth == "auto"
+    spec = small_spec()
+    gen = torch.Generator().manual_seed(5)
+    theta = torch.randn(spec.dim, generator=gen)
+    for t in range(3):
+        x = honest_round(torch.ones(spec.dim), 5, 0.3, gen)
+        x[0] *= -3.0
+        torch.testing.assert_close(built(x, ctx_for(spec, theta, t)), cal(x, ctx_for(spec, theta, t)))
+
+
+@pytest.mark.parametrize("reading", ["literal", "calibrated"])
+def test_preview_returns_the_next_aggregate_and_leaves_the_state_untouched(reading):
+    spec = small_spec()
+    gen = torch.Generator().manual_seed(8)
+    theta = torch.randn(spec.dim, generator=gen)
+    agg, twin = Romoa(reading), Romoa(reading)
+    for t in range(3):                                         # some history first
+        x = honest_round(torch.ones(spec.dim), 5, 0.3, gen)
+        agg.observe(x, ctx_for(spec, theta, t, sync=False))
+        twin.observe(x, ctx_for(spec, theta, t, sync=False))
+    F0, it0, w0, rep0 = agg.factors.clone(), agg.iteration, agg.weights.clone(), agg.report()
+    x = honest_round(torch.ones(spec.dim), 5, 0.3, gen)
+    x[0] = -4.0 * x[0]
+    out, w = agg.preview(x, ctx_for(spec, theta, 3))
+    assert torch.equal(agg.factors, F0) and agg.iteration == it0
+    assert torch.equal(agg.weights, w0)
+    assert json.dumps(agg.report(), sort_keys=True) == json.dumps(rep0, sort_keys=True)
+    # the preview is exactly what the real call returns, and the real call still behaves
+    real = twin(x, ctx_for(spec, theta, 3))
+    torch.testing.assert_close(out, real, rtol=0, atol=0)
+    torch.testing.assert_close(w, twin.weights, rtol=0, atol=0)
+    torch.testing.assert_close(agg(x, ctx_for(spec, theta, 3)), real, rtol=0, atol=0)
+    assert torch.equal(agg.factors, twin.factors)

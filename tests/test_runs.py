@@ -54,7 +54,7 @@ def test_cache_hit_is_identical_and_keyed_by_config(tmp_path):
 def test_interrupted_write_leaves_no_entry(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(runs.torch, "save", boom)
+    monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(KeyboardInterrupt):
         runs.run(BASE, progress=False)
     assert list((tmp_path / "cache").iterdir()) == []
@@ -82,7 +82,8 @@ def test_callbacks_see_every_round():
 def test_romoa_protocol_with_tau_1_equals_fedavg():
     """τ = 1, γ = 1, mean: Romoa's protocol is FedAvg with one local step (Algorithm 1)."""
     sync = runs.run(dict(BASE, local_steps=1), cache=False, progress=False)
-    romoa = runs.run(dict(BASE, protocol="romoa", tau=1, moving_rate=1.0), cache=False, progress=False)
+    romoa = runs.run(dict(BASE, protocol="romoa", tau=1, moving_rate=1.0), cache=False,
+                     progress=False)
     assert torch.equal(sync.theta, romoa.theta)
 
 
@@ -133,3 +134,16 @@ def test_run_many_reports_a_failing_worker():
     bad = dict(BASE, dataset="no-such-dataset")
     with pytest.raises(RuntimeError, match="worker process failed(.|\n)*no-such-dataset"):
         runs.run_many([BASE, bad], workers=2, progress=False)
+
+
+def test_a_failing_run_does_not_stop_its_workers_other_runs(tmp_path):
+    bad = dict(BASE, dataset="no-such-dataset", rounds=2)
+    later = dict(BASE, rounds=2, seed=9)                        # the same worker, after `bad`
+    with pytest.raises(RuntimeError, match="run failed(.|\n)*no-such-dataset"):
+        runs.run_many([bad, dict(BASE, rounds=2), later], workers=2, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert runs.run(later, progress=False).meta["cached"]
+    finally:
+        torch.set_num_threads(threads)

@@ -1,5 +1,6 @@
 """Aggregation rules (defenses): pure functions ``rule(updates (n, d), ...) -> (d,)`` and
-engine objects from :func:`get`.
+engine objects from :func:`get`. Every rule also takes a batch of independent problems,
+``rule(updates (..., n, d)) -> (..., d)`` (weights (..., n)), equal to separate calls.
 
 =========================  ======================================================
 ``mean``                   FedAvg (McMahan et al. 2017)
@@ -11,7 +12,8 @@ engine objects from :func:`get`.
 ``geometric_median``       RFA, smoothed Weiszfeld (Pillutla et al. 2022); alias ``rfa``
 ``fltrust``                Cao et al. 2021, needs the server update Δ₀
 ``bulyan``                 El Mhamdi et al. 2018, over Krum
-``centered_clipping``      Karimireddy et al. 2021, stateful (server momentum)
+``centered_clipping``      Karimireddy et al. 2021, stateful (server momentum); τ defaults
+                           to the call's median upload norm (``tau="median_norm"``)
 ``romoa``                  :class:`fedlib.romoa.Romoa`, imported lazily
 =========================  ======================================================
 
@@ -25,6 +27,9 @@ and for a finite input whose aggregate overflows.
 Krum one-hot, multi-Krum 1/m, geometric median, FLTrust, centered clipping) the
 coefficients wᵢ; for coordinate-wise rules (median, trimmed mean, clipped median, Bulyan)
 each client's share of the values averaged into the output, over all coordinates (sums to 1).
+
+Norms are computed underflow- and overflow-safe (``_checks.row_norms``): a zero upload has
+FLTrust trust and weight 0, and a 1e-30 float32 row keeps its true norm.
 """
 
 from .averaging import fltrust, mean, weighted_mean

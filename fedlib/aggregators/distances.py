@@ -1,4 +1,7 @@
-"""Pairwise squared distances between updates, for Krum, Multi-Krum and Bulyan."""
+"""Pairwise squared distances between updates, for Krum, Multi-Krum and Bulyan.
+
+Every function takes rows (n, d) or a batch (B, n, d) of independent problems.
+"""
 
 from __future__ import annotations
 
@@ -11,53 +14,72 @@ GRAM_CHUNK = 4096
 """Coordinates per partial Gram matrix; the partial matrices are added up in float64."""
 
 
-def gram(y: Tensor) -> Tensor:
-    """(n, n) float64 Gram matrix y·yᵀ of y (n, d), summed over chunks of ``GRAM_CHUNK`` columns.
+def gram(y: Tensor, centre: Tensor | None = None,
+         dtype: torch.dtype | None = None) -> Tensor:
+    """(..., n, n) float64 Gram matrix of the rows y (..., n, d) minus ``centre`` (..., d), in
+    ``dtype`` (default y's), summed over ``GRAM_CHUNK`` columns.
 
-    Each chunk is one BLAS product in y's dtype; adding the chunks in float64 keeps float32
+    Each chunk is one BLAS product in that dtype; adding the chunks in float64 keeps float32
     rounding at ≈ 10⁻⁸ relative for d = 10⁶ (one float32 product over all d columns: up to
-    10⁻⁴, enough to reorder near-tied Krum scores), at the same cost.
+    10⁻⁴, enough to reorder near-tied Krum scores), at the same cost. The centring is done
+    chunk by chunk, so no centred (n, d) copy is written (at n = 100, d = 10⁵ that copy cost
+    about as much as the products).
     """
-    n, d = y.shape
-    g = torch.zeros(n, n, dtype=torch.float64, device=y.device)
+    n, d = y.shape[-2:]
+    dtype = y.dtype if dtype is None else dtype
+    g = torch.zeros(*y.shape[:-2], n, n, dtype=torch.float64, device=y.device)
     for start in range(0, d, GRAM_CHUNK):  # blocks of coordinates, each a vectorised product
-        part = y[:, start:start + GRAM_CHUNK]
-        g += (part @ part.T).double()
+        part = y[..., start:start + GRAM_CHUNK].to(dtype)
+        if centre is not None:
+            part = part - centre[..., start:start + GRAM_CHUNK].to(dtype).unsqueeze(-2)
+        g += (part @ part.transpose(-1, -2)).double()
     return g
 
 
 def _sq_distances_around(x: Tensor, centre: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """‖xᵢ − xⱼ‖² = Gᵢᵢ + Gⱼⱼ − 2Gᵢⱼ with G the Gram matrix of the rows centred at ``centre``.
 
-    Returns the (n, n) distances (clamped at 0, exactly symmetric, zero diagonal, +inf
+    Returns the (..., n, n) distances (clamped at 0, exactly symmetric, zero diagonal, +inf
     rather than NaN where they overflow) and the squared norms Gᵢᵢ = ‖xᵢ − centre‖².
     """
-    g = gram(x.to(dtype) - centre.to(dtype))
-    g = (g + g.T) * 0.5  # exactly symmetric, so tied Krum scores stay tied
-    sq = g.diagonal().clone()
-    dist = (sq[:, None] + sq[None, :] - 2 * g).clamp_min_(0)
+    g = gram(x, centre, dtype)
+    g = (g + g.transpose(-1, -2)) * 0.5  # exactly symmetric, so tied Krum scores stay tied
+    sq = g.diagonal(dim1=-2, dim2=-1).clone()
+    dist = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2 * g).clamp_min_(0)
     dist = torch.nan_to_num_(dist, nan=torch.inf, posinf=torch.inf)
-    dist.fill_diagonal_(0)
+    dist.diagonal(dim1=-2, dim2=-1).zero_()
     return dist, sq
 
 
 def _mean_of(x: Tensor, dtype: torch.dtype) -> Tensor:
-    n = x.shape[0]
-    return torch.full((n,), 1.0 / n, dtype=dtype, device=x.device) @ x.to(dtype)  # Σ xᵢ/n
+    n = x.shape[-2]
+    w = torch.full(x.shape[:-1], 1.0 / n, dtype=dtype, device=x.device)
+    y = x.to(dtype)
+    return w @ y if x.dim() == 2 else (w.unsqueeze(-2) @ y).squeeze(-2)  # Σ xᵢ/n
 
 
 def _centred_sq_distances(x: Tensor, dtype: torch.dtype) -> Tensor:
     dist, sq = _sq_distances_around(x, _mean_of(x, dtype), dtype)
-    typical = dist.median(dim=1).values
-    medoid = int(typical.argmin())
-    if bool(sq[medoid] > typical[medoid]):  # the mean was dragged away from the bulk
-        near = torch.topk(dist[medoid], math.ceil(x.shape[0] / 2), largest=False).indices
-        dist, _ = _sq_distances_around(x, _mean_of(x[near], dtype), dtype)
+    typical = dist.median(dim=-1).values
+    medoid = typical.argmin(dim=-1, keepdim=True)
+    dragged = sq.gather(-1, medoid) > typical.gather(-1, medoid)  # the mean left the bulk
+    if x.dim() == 2:
+        if bool(dragged):
+            near = torch.topk(dist[int(medoid)], math.ceil(x.shape[0] / 2), largest=False).indices
+            dist, _ = _sq_distances_around(x, _mean_of(x[near], dtype), dtype)
+        return dist
+    rows = dragged.squeeze(-1).nonzero().squeeze(1)
+    if rows.numel():  # re-centre those replicas only, as one batch
+        sub = dist[rows].gather(-2, medoid[rows, :, None].expand(-1, 1, x.shape[-2])).squeeze(-2)
+        near = torch.topk(sub, math.ceil(x.shape[-2] / 2), dim=-1, largest=False).indices
+        picked = x[rows].gather(-2, near.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        dist[rows], _ = _sq_distances_around(x[rows], _mean_of(picked, dtype), dtype)
     return dist
 
 
 def pairwise_sq_distances(x: Tensor) -> Tensor:
-    """(n, n) float64 squared Euclidean distances between the rows of ``x`` (n, d).
+    """(n, n) float64 squared Euclidean distances between the rows of ``x`` (n, d); (B, n, n)
+    for a batch (B, n, d), each replica as computed alone.
 
     From one Gram matrix (:func:`gram`, O(n²d) in BLAS) of the rows centred at their mean,
     which keeps the cancellation in Gᵢᵢ + Gⱼⱼ − 2Gᵢⱼ small. If the mean is dragged away from
@@ -70,6 +92,11 @@ def pairwise_sq_distances(x: Tensor) -> Tensor:
     overflows.
     """
     dist = _centred_sq_distances(x, x.dtype)
-    if x.dtype != torch.float64 and not bool(torch.isfinite(dist).all()):
-        dist = _centred_sq_distances(x, torch.float64)
+    if x.dtype != torch.float64:
+        over = ~torch.isfinite(dist).flatten(-2).all(dim=-1)
+        if x.dim() == 2 and bool(over):
+            dist = _centred_sq_distances(x, torch.float64)
+        elif x.dim() == 3 and bool(over.any()):
+            rows = over.nonzero().squeeze(1)
+            dist[rows] = _centred_sq_distances(x[rows], torch.float64)
     return dist

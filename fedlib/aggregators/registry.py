@@ -4,10 +4,21 @@ Every object is called as ``agg(updates (n, d), ctx: RoundContext | None = None)
 and afterwards holds ``agg.weights`` (n,), the per-client contribution of that call (0 for
 rows excluded as NaN/Inf; see each rule's module for what the number means), and ``agg.name``.
 One object per run: centered clipping keeps state across calls (``reset()`` clears it).
+
+Replica batches: every object here has ``batched = True`` and also takes updates (B, n, d)
+for B independent federations: the output is (B, d), ``weights`` (B, n), centered
+clipping's momentum (B, d), FLTrust's ``ctx.server_update()`` must return (B, d), and
+``ctx.client_ids`` may be (B, n). An object without ``batched`` (Romoa) must be called
+once per replica, one instance each.
+
+Count-dependent rules (Krum, multi-Krum, trimmed mean, Bulyan) built with
+``f="per_call"`` read f from ``ctx.num_malicious`` on every call: an int, or a (B,)
+LongTensor giving each replica its own f.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..context import RoundContext
-from ._checks import RuleCall, check_updates
+from ._checks import RuleCall, check_count, check_updates
 from .averaging import check_client_weights, fltrust_rule, mean_rule, weighted_mean_rule
 from .coordinate import clipped_median_rule, median_rule, trimmed_mean_rule
 from .iterative import centered_clipping_rule, geometric_median_rule
@@ -28,6 +39,8 @@ class Aggregator:
 
     name: str = "aggregator"
     needs_server_update: bool = False
+    batched: bool = True
+    """Accepts a replica batch (B, n, d) -> (B, d), equal to B separate calls."""
 
     def __init__(self) -> None:
         self.weights: Tensor | None = None
@@ -43,6 +56,15 @@ class Aggregator:
     def reset(self) -> None:
         """Forget everything learned from previous calls."""
         self.weights = None
+
+    def replica(self, b: int) -> "Aggregator":
+        """Replica b's rule for unbatched (n, d) calls, e.g. an attack probing the server's rule.
+
+        Its calls never change this object's state; a stateless rule returns a fresh copy.
+        """
+        view = copy.copy(self)
+        view.weights = None
+        return view
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -84,7 +106,7 @@ class WeightedMean(Aggregator):
         x = check_updates(updates, self.name)
         ids = None if ctx is None else ctx.client_ids
         w = self.client_weights if ids is None else self.client_weights[ids.cpu().long()]
-        w = check_client_weights(w, x.shape[0], x, self.name)
+        w = check_client_weights(w, x.shape[-2], x, self.name)
         return self.rule(x, row_params={"client_weights": w})
 
 
@@ -102,7 +124,7 @@ class FLTrust(Aggregator):
         if ctx is None or ctx.server_update is None:
             raise ValueError("fltrust needs ctx.server_update (the root-set update Δ₀); "
                              "got no RoundContext or one without server_update")
-        return self.rule(updates, server_update=ctx.server_update())
+        return self.rule(updates, batch_params={"server_update": ctx.server_update()})
 
 
 class CenteredClipping(Aggregator):
@@ -112,26 +134,30 @@ class CenteredClipping(Aggregator):
     aggregation). Calls without ctx, e.g. an attack probing the rule through
     ``AttackContext.aggregator``, and Romoa's lookahead iterations (``sync=False``) use v
     but leave it unchanged. ``center_weight`` is the weight a of v₀ in the last output
-    a·v₀ + Σᵢ wᵢΔᵢ (``weights`` = w).
+    a·v₀ + Σᵢ wᵢΔᵢ (``weights`` = w); for a replica batch the momentum is (B, d) and
+    ``center_weight`` a (B,) tensor. τ: see :func:`fedlib.aggregators.centered_clipping`
+    (default ``"median_norm"``, the median upload norm of each call).
     """
 
     name = "centered_clipping"
 
-    def __init__(self, tau: float = 10.0, iters: int = 1) -> None:
+    def __init__(self, tau: float | str = "median_norm", iters: int = 1) -> None:
         super().__init__()
         self.rule = centered_clipping_rule(tau, iters)
         self.momentum: Tensor | None = None
-        self.center_weight: float | None = None
+        self.center_weight: float | Tensor | None = None
 
     def _aggregate(self, updates: Tensor, ctx: RoundContext | None) -> tuple[Tensor, Tensor]:
         x = check_updates(updates, self.name)
         v0 = self.momentum
-        if v0 is not None and (v0.shape[0] != x.shape[1] or v0.device != x.device):
+        want = (*x.shape[:-2], x.shape[-1])
+        if v0 is not None and (tuple(v0.shape) != want or v0.device != x.device):
             raise ValueError(f"centered_clipping: stored momentum has shape "
                              f"{tuple(v0.shape)} on {v0.device}, updates are "
                              f"{tuple(x.shape)} on {x.device}; call reset() between runs")
-        value, w = self.rule(x, momentum=v0)
-        self.center_weight = float(1.0 - w.sum())
+        value, w = self.rule(x, batch_params={} if v0 is None else {"momentum": v0})
+        center = 1.0 - w.sum(dim=-1)
+        self.center_weight = float(center) if x.dim() == 2 else center.detach()
         if ctx is not None and ctx.sync:
             self.momentum = value.detach().clone()
         return value, w
@@ -140,6 +166,92 @@ class CenteredClipping(Aggregator):
         super().reset()
         self.momentum = None
         self.center_weight = None
+
+    def replica(self, b: int) -> "CenteredClipping":
+        """Replica b's rule with its own copy of momentum[b] (for a batch); see the base class."""
+        view = copy.copy(self)
+        view.weights, view.center_weight = None, None
+        if self.momentum is not None and self.momentum.dim() == 2:
+            view.momentum = self.momentum[b].clone()
+        elif self.momentum is not None:
+            view.momentum = self.momentum.clone()
+        return view
+
+
+class PerCallF(Aggregator):
+    """A count-dependent rule built with ``f="per_call"``: f = ``ctx.num_malicious`` per call.
+
+    ``ctx.num_malicious`` is an int (every replica) or a (B,) integer tensor (one f per
+    replica; replicas sharing an f run as one batch, a loop over the distinct values).
+    Each f is validated as a fixed f would be (e.g. Krum: n > 2f + 2), naming the replica.
+    """
+
+    def __init__(self, name: str, build: Callable[[int], RuleCall]) -> None:
+        super().__init__()
+        self.name = name
+        self.build = build
+
+    def _counts(self, ctx: RoundContext | None, batch: int | None) -> Tensor:
+        f = None if ctx is None else getattr(ctx, "num_malicious", None)
+        if f is None:
+            raise ValueError(f"{self.name} built with f='per_call' needs ctx.num_malicious "
+                             "(an int, or one per replica)")
+        fs = torch.as_tensor(f)
+        if fs.is_floating_point() or fs.dtype == torch.bool:
+            raise ValueError(f"{self.name}: ctx.num_malicious must be integer, got {fs.dtype}")
+        fs = fs.reshape(-1).cpu()
+        want = 1 if batch is None else batch
+        if fs.numel() == 1:
+            fs = fs.expand(want)
+        if fs.numel() != want:
+            raise ValueError(f"{self.name}: ctx.num_malicious has {fs.numel()} entries for "
+                             f"{want} replicas")
+        return fs
+
+    def _aggregate(self, updates: Tensor, ctx: RoundContext | None) -> tuple[Tensor, Tensor]:
+        x = check_updates(updates, self.name)
+        if x.dim() == 2:
+            return self._rule(int(self._counts(ctx, None)[0]), x.shape[0], None)(x)
+        lead, (n, d) = x.shape[:-2], x.shape[-2:]
+        xb = x.reshape(-1, n, d)
+        fs = self._counts(ctx, xb.shape[0])
+        value = torch.empty(xb.shape[0], d, dtype=x.dtype, device=x.device)
+        w = torch.empty(xb.shape[0], n, dtype=x.dtype, device=x.device)
+        for f in torch.unique(fs).tolist():  # one batched call per distinct f
+            idx = (fs == f).nonzero().squeeze(1)
+            rule = self._rule(f, n, int(idx[0]))
+            dev = idx.to(x.device)
+            value[dev], w[dev] = rule(xb[dev], replica_ids=idx)
+        return value.reshape(*lead, d), w.reshape(*lead, n)
+
+    def _rule(self, f: int, n: int, replica: int | None) -> RuleCall:
+        where = "" if replica is None else f" in replica {replica}"
+        try:
+            rule = self.build(check_count(f, "f (ctx.num_malicious)", self.name))
+        except ValueError as err:
+            raise ValueError(f"{err}{where}") from None
+        if n < rule.min_rows:
+            raise ValueError(f"{self.name} needs {rule.requirement} with f = {f} from "
+                             f"ctx.num_malicious; got n={n}{where}")
+        return rule
+
+    def __repr__(self) -> str:
+        return f"PerCallF({self.name!r}, f='per_call')"
+
+
+def _count_rule(name: str, build: Callable[..., RuleCall]) -> Callable[..., Aggregator]:
+    """Builder for a rule with a count f: a fixed f, or ``f="per_call"`` (:class:`PerCallF`)."""
+
+    def builder(f: int | str, **params: Any) -> Aggregator:
+        if isinstance(f, str):
+            if f != "per_call":
+                raise ValueError(f"{name}: f must be an integer or 'per_call', got {f!r}")
+            build(0, **params)  # validates the other parameters now
+            return PerCallF(name, lambda count: build(count, **params))
+        return Rule(build(f, **params))
+
+    builder.__signature__ = inspect.signature(build)  # type: ignore[attr-defined]
+    return builder
 
 
 def _romoa(**params: Any) -> Aggregator:
@@ -151,14 +263,14 @@ def _romoa(**params: Any) -> Aggregator:
 _BUILDERS: dict[str, Callable[..., Any]] = {
     "mean": lambda: Rule(mean_rule()),
     "weighted_mean": WeightedMean,
-    "krum": lambda f: Rule(krum_rule(f)),
-    "multi_krum": lambda f, m=None: Rule(multi_krum_rule(f, m)),
+    "krum": _count_rule("krum", krum_rule),
+    "multi_krum": _count_rule("multi_krum", lambda f, m=None: multi_krum_rule(f, m)),
     "median": lambda: Rule(median_rule()),
-    "trimmed_mean": lambda f: Rule(trimmed_mean_rule(f)),
+    "trimmed_mean": _count_rule("trimmed_mean", trimmed_mean_rule),
     "clipped_median": lambda threshold=2.0: Rule(clipped_median_rule(threshold)),
     "geometric_median": lambda iters=10, eps=1e-6: Rule(geometric_median_rule(iters, eps)),
     "fltrust": FLTrust,
-    "bulyan": lambda f: Rule(bulyan_rule(f)),
+    "bulyan": _count_rule("bulyan", bulyan_rule),
     "centered_clipping": CenteredClipping,
     "romoa": _romoa,
 }

@@ -1,5 +1,6 @@
 """Distance-based selection: Krum, Multi-Krum (Blanchard et al. 2017), Bulyan (El Mhamdi et al.).
 
+Every rule accepts (n, d) or a batch (B, n, d) of independent problems.
 Weights: Krum is one-hot on the selected client, multi-Krum 1/m on each of the m
 selected; Bulyan reports each client's share of the β averaged slots per coordinate
 (0 for clients its Krum stage did not select), averaged over coordinates.
@@ -10,49 +11,68 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import RuleCall, check_count
+from ._checks import RuleCall, check_count, weighted_sum
 from .coordinate import closest_to_median_mean
 from .distances import pairwise_sq_distances
 
 
 def krum_scores(dist: Tensor, f: int) -> Tensor:
-    """Krum scores s(i) = Σ_{i→j} ‖Δᵢ − Δⱼ‖² over the n − f − 2 nearest other rows (§4)."""
-    n = dist.shape[0]
-    off = dist.clone().fill_diagonal_(torch.inf)
-    return torch.topk(off, n - f - 2, dim=1, largest=False).values.sum(dim=1)
+    """Krum scores s(i) = Σ_{i→j} ‖Δᵢ − Δⱼ‖² over the n − f − 2 nearest other rows (§4).
+
+    ``dist`` is (..., n, n); the scores are (..., n).
+    """
+    n = dist.shape[-1]
+    off = dist.clone()
+    off.diagonal(dim1=-2, dim2=-1).fill_(torch.inf)
+    return torch.topk(off, n - f - 2, dim=-1, largest=False).values.sum(dim=-1)
 
 
 def total_distance(dist: Tensor, live: Tensor | None = None) -> Tensor:
-    """(n,) Σⱼ ‖Δᵢ − Δⱼ‖² over the ``live`` columns: the tie-break for equal Krum scores."""
-    return (dist if live is None else torch.where(live[None, :], dist, 0)).sum(dim=1)
+    """(..., n) Σⱼ ‖Δᵢ − Δⱼ‖² over the ``live`` columns: the tie-break for equal Krum scores."""
+    return (dist if live is None else torch.where(live.unsqueeze(-2), dist, 0)).sum(dim=-1)
 
 
 def lex_argmin(primary: Tensor, secondary: Tensor) -> Tensor:
-    """Index of the smallest ``primary``; exact ties go to the smallest ``secondary``, then
-    to the lowest index (a permutation-invariant choice unless both keys tie)."""
-    tied = primary == primary.min()
+    """Index of the smallest ``primary`` along the last dimension; exact ties go to the
+    smallest ``secondary``, then to the lowest index (a permutation-invariant choice unless
+    both keys tie)."""
+    tied = primary == primary.min(dim=-1, keepdim=True).values
     sec = torch.where(tied, secondary, torch.inf)
-    return (tied & (sec == sec.min())).int().argmax()  # first such index
+    return (tied & (sec == sec.min(dim=-1, keepdim=True).values)).int().argmax(dim=-1)
+
+
+def one_hot_rows(index: Tensor, n: int, like: Tensor, value: float = 1.0) -> Tensor:
+    """(..., n) weights: ``value`` at ``index`` ((...,) or (..., k)), 0 elsewhere."""
+    idx = index if index.dim() == like.dim() - 1 else index.unsqueeze(-1)
+    w = torch.zeros(*like.shape[:-2], n, dtype=like.dtype, device=like.device)
+    return w.scatter_(-1, idx, value)
 
 
 def _krum(x: Tensor, f: int) -> tuple[Tensor, Tensor]:
     dist = pairwise_sq_distances(x)
     best = lex_argmin(krum_scores(dist, f), total_distance(dist))
-    w = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    w[best] = 1.0
-    return x[best].clone(), w
+    if x.dim() == 2:
+        w = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        w[best] = 1.0
+        return x[best].clone(), w
+    rows = torch.arange(x.shape[0], device=x.device)
+    return x[rows, best], one_hot_rows(best, x.shape[-2], x)
 
 
 def _multi_krum(x: Tensor, f: int, m: int | None) -> tuple[Tensor, Tensor]:
-    n = x.shape[0]
+    n = x.shape[-2]
     m = n - f if m is None else m
     dist = pairwise_sq_distances(x)
     scores = krum_scores(dist, f)
-    by_total = torch.argsort(total_distance(dist), stable=True)  # tie-break, as in Krum
-    chosen = by_total[torch.argsort(scores[by_total], stable=True)[:m]]
-    w = torch.zeros(n, dtype=x.dtype, device=x.device)
-    w[chosen] = 1.0 / m
-    return w @ x, w
+    by_total = torch.argsort(total_distance(dist), dim=-1, stable=True)  # tie-break, as Krum
+    order = torch.argsort(scores.gather(-1, by_total), dim=-1, stable=True)[..., :m]
+    chosen = by_total.gather(-1, order)
+    if x.dim() == 2:
+        w = torch.zeros(n, dtype=x.dtype, device=x.device)
+        w[chosen] = 1.0 / m
+        return w @ x, w
+    w = one_hot_rows(chosen, n, x, 1.0 / m)
+    return weighted_sum(w, x), w
 
 
 def krum_rule(f: int) -> RuleCall:
@@ -96,41 +116,44 @@ def multi_krum(updates: Tensor, f: int, m: int | None = None) -> Tensor:
 
 
 def bulyan_selection(dist: Tensor, f: int, theta: int) -> Tensor:
-    """(θ,) indices chosen by Bulyan's recursive Krum (El Mhamdi et al. 2018, Alg. 1, step 1).
+    """(..., θ) indices chosen by Bulyan's recursive Krum (El Mhamdi et al. 2018, Alg. 1, step 1).
 
     Each step runs Krum on the rows not yet chosen and moves the winner to the selection.
-    The loop runs θ times over the (n, n) distance matrix only (cost independent of d). On
-    r remaining rows Krum sums over r − f − 2 neighbours; in the last steps, where that is
-    < 1 (possible for f ≤ 1), one neighbour is used. Exact ties (with one neighbour, the two
-    rows of the closest pair always tie) go to the row with the smaller total distance to
-    the remaining rows, as in :func:`krum`.
+    The loop runs θ times over the (..., n, n) distance matrix only (cost independent of d).
+    On r remaining rows Krum sums over r − f − 2 neighbours; in the last steps, where that
+    is < 1 (possible for f ≤ 1), one neighbour is used. Exact ties (with one neighbour, the
+    two rows of the closest pair always tie) go to the row with the smaller total distance
+    to the remaining rows, as in :func:`krum`.
     """
-    n = dist.shape[0]
-    off = dist.clone().fill_diagonal_(torch.inf)
-    taken = torch.zeros(n, dtype=torch.bool, device=dist.device)
+    n = dist.shape[-1]
+    off = dist.clone()
+    off.diagonal(dim1=-2, dim2=-1).fill_(torch.inf)
+    taken = torch.zeros(dist.shape[:-1], dtype=torch.bool, device=dist.device)
     chosen = []
     for step in range(theta):
         remaining = n - step
         k = min(max(remaining - f - 2, 1), remaining - 1)
         if k == 0:
-            best = (~taken).nonzero()[0, 0]
+            best = (~taken).int().argmax(dim=-1)  # the one row left
         else:
-            scores = torch.topk(off, k, dim=1, largest=False).values.sum(dim=1)
-            best = lex_argmin(scores.masked_fill(taken, torch.inf), total_distance(dist, ~taken))
-        chosen.append(best.reshape(1))
-        taken[best] = True
-        off[:, best] = torch.inf
-    return torch.cat(chosen)
+            scores = torch.topk(off, k, dim=-1, largest=False).values.sum(dim=-1)
+            best = lex_argmin(scores.masked_fill(taken, torch.inf),
+                              total_distance(dist, ~taken))
+        chosen.append(best.unsqueeze(-1))
+        taken.scatter_(-1, best.unsqueeze(-1), True)
+        off.masked_fill_(taken.unsqueeze(-2), torch.inf)
+    return torch.cat(chosen, dim=-1)
 
 
 def _bulyan(x: Tensor, f: int) -> tuple[Tensor, Tensor]:
-    n = x.shape[0]
+    n, d = x.shape[-2:]
     theta = n - 2 * f
     beta = theta - 2 * f
     chosen = bulyan_selection(pairwise_sq_distances(x), f, theta)
-    value, slots = closest_to_median_mean(x[chosen], beta)
-    w = torch.zeros(n, dtype=x.dtype, device=x.device)
-    w[chosen] = slots / (beta * x.shape[1])
+    picked = x.gather(-2, chosen.unsqueeze(-1).expand(*chosen.shape, d))
+    value, slots = closest_to_median_mean(picked, beta)
+    w = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
+    w.scatter_(-1, chosen, slots / (beta * d))
     return value, w
 
 

@@ -7,22 +7,33 @@ malicious clients' *deltas* (Δ = θ_ref − θ_malicious), with attributes ``na
 ``targets`` (targeted attacks: (x, y_true, y_poison) after ``prepare(task)``). Every attack
 takes Romoa's stealth factor ``stealth`` α ∈ [0, 1] (float, per-round list or callable) and
 ``stealth_base`` (see :mod:`fedlib.attacks.base`). Colluding attackers: all m malicious
-uploads of a round are crafted together (most attacks send one shared update).
+uploads of a round are crafted together (most attacks send one shared update). Every attack
+works for any 1 ≤ m ≤ w − 1 of w sampled uploads, a single benign row included; each
+attack's docstring names its fallback there (e.g. Fang's partial attack with one attacker:
+σ = 0, it sends μ).
+
+**NaN/Inf policy** (every attack, the same as the rules'): benign rows holding NaN/±Inf are
+dropped before the attack reads them, with one ``RuntimeWarning`` ("excluded k of n benign
+updates"); non-finite rows of the attackers' own ``honest_updates`` are ignored likewise
+(warning; all m uploads are still crafted); an attack never emits a non-finite row —
+``ValueError`` instead (α = 0 returns the honest rows untouched)
+(:func:`fedlib.attacks.base.drop_nonfinite_benign`,
+:func:`fedlib.attacks.base.check_finite_output`).
 
 | name | paper | knowledge | key params |
 | --- | --- | --- | --- |
-| ``upa`` | Romoa UPA = Fang et al. '20 | full | variant auto/krum/trimmed_mean, b, space |
+| ``upa`` | Romoa UPA = Fang et al. '20 | full (or partial) | variant, b, space update/model |
 | ``lmp_krum`` | Fang et al. '20 §4.1 | full (or partial) | threshold 1e-5, f |
-| ``lmp_trimmed_mean`` | Fang et al. '20 §4.2 | full (or partial) | b = 2, space model/update |
+| ``lmp_trimmed_mean`` | Fang et al. '20 §4.2 | full (or partial) | b = 2, space update/model |
 | ``tpa`` | Romoa TPA = Bhagoji et al. '19 | partial | source 6, poison 3, boost n/m |
-| ``eb`` | L2A baseline (Bhagoji adapted) | partial | steps 5, boost K/M |
+| ``eb`` | L2A baseline (Bhagoji adapted) | partial | steps 5, boost K/M (federation) |
 | ``ipm`` | Xie et al. '19 | full | epsilon 5 |
 | ``alie`` | Baruch et al. '19 | full (or partial) | z (None = z_max) |
 | ``sign_flip`` | sign flipping | partial | scale 1 |
 | ``gaussian`` | Gaussian noise | none | std √200, center zero/honest |
 | ``label_flip`` | label flipping (data poisoning) | partial | mapping reverse/dict |
 | ``min_max`` / ``min_sum`` | Shejwalkar & Houmansadr '21 | full | deviation, gamma_init 10 |
-| ``fltrust_adaptive`` | Cao et al. '21 adaptive | full + g_0 | server_update root, V, σ |
+| ``fltrust_adaptive`` | Cao et al. '21 adaptive | full + g_0 | server_update, V 20, σ 0.1, init |
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from .adaptive import RuleSearch
 from .base import Attack, reference_updates, stealth_at, stealth_mix
 from .boosting import TPA, ExplicitBoosting, targeted_sgd
 from .fang import (UPA, LMPKrum, LMPTrimmedMean, change_direction, deviation_partial,
@@ -52,17 +64,21 @@ REGISTRY: dict[str, type[Attack]] = {
     "min_max": MinMax,
     "min_sum": MinSum,
     "fltrust_adaptive": FLTrustAdaptive,
+    "rule_search": RuleSearch,
 }
 
 
 def available() -> list[str]:
     """Names accepted by :func:`get`."""
-    return sorted(REGISTRY)
+    return sorted({*REGISTRY, "rl"})
 
 
 def get(name: str, **params: Any) -> Attack:
     """A new attack object ``name`` with keyword ``params`` (ValueError on unknown names/params)."""
     key = str(name).lower().replace("-", "_")
+    if key == "rl" and key not in REGISTRY:  # L2A's RL attack, imported on demand (fedlib.rl)
+        from ..rl.online import OnlineRL
+        REGISTRY[key] = OnlineRL
     if key not in REGISTRY:
         raise ValueError(f"unknown attack {name!r}; available: {available()}")
     cls = REGISTRY[key]

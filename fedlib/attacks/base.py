@@ -24,13 +24,29 @@ partial-knowledge ones read only ``ctx.honest_updates`` and ``ctx.data``. When n
 client was sampled this round (possible with subsampling), full-knowledge attacks fall back
 to the attackers' honest updates (:func:`reference_updates`).
 
+**NaN/Inf policy** (the same for every attack, mirroring the rules'): benign rows holding
+any NaN/±Inf are *dropped* before the attack reads them, with one ``RuntimeWarning``
+("excluded k of n benign updates"), exactly as the aggregation rules exclude them — the
+attack then knows only the finite benign rows (none left: :func:`reference_updates` falls
+back to the attackers' own finite updates). Non-finite rows of the attackers' own
+``honest_updates`` (a diverged local training) are likewise left out of what the attack
+knows (``RuntimeWarning``; estimates use :func:`own_updates`), while the attack still crafts
+all m uploads. An attack never emits a non-finite row: if the crafted uploads would hold
+NaN/Inf (e.g. an overflowing boost, or sign flipping / stealth-mixing a NaN honest update),
+``ValueError`` names the attack instead. At α = 0 (no attack this round) the honest rows
+are returned as they are, NaN included, for the rule's own policy. The pure helper
+functions (``directed_deviation``, ``gamma_search``, ...) take finite input only and raise
+``ValueError`` otherwise (:func:`drop_nonfinite_benign`, :func:`check_finite_output`).
+
 **Randomness** comes only from ``ctx.generator`` (plus dropout inside local training, which
 follows the engine's per-round ``torch.manual_seed``), so runs are deterministic.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from typing import Any, Callable, Sequence, Union
 
 import torch
@@ -89,9 +105,62 @@ def check_stealth(stealth: Stealth) -> None:
 
 
 def reference_updates(ctx: AttackContext) -> Tensor:
-    """The benign updates (full knowledge), or the attackers' honest ones if none were sampled."""
+    """The benign updates (full knowledge), or the attackers' finite honest ones if none."""
     b = ctx.benign_updates
-    return b if b.shape[0] > 0 else ctx.honest_updates
+    return b if b.shape[0] > 0 else own_updates(ctx)
+
+
+def finite_row_mask(rows: Tensor) -> Tensor:
+    """(n,) bool: rows whose entries are all finite (the rules' exclusion test)."""
+    return torch.isfinite(rows).all(dim=1) if rows.dim() == 2 else torch.isfinite(rows).all()
+
+
+def own_updates(ctx: AttackContext) -> Tensor:
+    """The attackers' finite honest updates (partial knowledge); ValueError if none is finite."""
+    honest = ctx.honest_updates
+    ok = finite_row_mask(honest)
+    if bool(ok.all()):
+        return honest
+    if not bool(ok.any()):
+        raise ValueError(f"all {honest.shape[0]} of the attackers' honest updates contain "
+                         "NaN/Inf (their local training diverged): nothing to estimate from")
+    return honest[ok]
+
+
+def drop_nonfinite_benign(ctx: AttackContext, name: str = "attack") -> AttackContext:
+    """The attacks' NaN/Inf policy on input: non-finite benign rows dropped, honest ones flagged."""
+    honest, benign = ctx.honest_updates, ctx.benign_updates
+    bad = int((~finite_row_mask(honest)).sum())
+    if bad:
+        warnings.warn(f"{name}: {bad} of the attackers' {honest.shape[0]} honest updates "
+                      "contain NaN/Inf (diverged local training); the attack ignores them",
+                      RuntimeWarning, stacklevel=3)
+    if benign.dim() != 2 or benign.shape[0] == 0:
+        return ctx
+    ok = finite_row_mask(benign)
+    if bool(ok.all()):
+        return ctx
+    warnings.warn(f"{name}: excluded {int((~ok).sum())} of {benign.shape[0]} benign updates "
+                  "containing NaN/Inf (as the aggregation rules do)", RuntimeWarning,
+                  stacklevel=3)
+    return dataclasses.replace(ctx, benign_updates=benign[ok])
+
+
+def check_finite_output(rows: Tensor, name: str = "attack") -> Tensor:
+    """The attacks' NaN/Inf policy on output: a crafted upload is never NaN/Inf (ValueError)."""
+    if not bool(torch.isfinite(rows).all()):
+        bad = int((~finite_row_mask(rows)).sum())
+        raise ValueError(f"{name}: {bad} of the {rows.shape[0]} crafted uploads would contain "
+                         "NaN/Inf (an overflowing scale or step?); refusing to emit them")
+    return rows
+
+
+def safe_norm(rows: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
+    """‖x‖₂ without float under/overflow: max|x| · ‖x / max|x|‖ (0 for a zero row)."""
+    scale = rows.abs().amax(dim=dim, keepdim=True)
+    unit = rows / torch.where(scale > 0, scale, torch.ones_like(scale))
+    out = scale * unit.norm(dim=dim, keepdim=True)
+    return out if keepdim else out.squeeze(dim)
 
 
 def aggregator_name(aggregator: Any) -> str:
@@ -154,18 +223,23 @@ class Attack:
         raise NotImplementedError
 
     def __call__(self, ctx: AttackContext) -> Tensor:
-        """The uploads of the m malicious clients this round (Romoa §2.2 stealth applied)."""
+        """The uploads of the m malicious clients this round (Romoa §2.2 stealth applied).
+
+        Applies the NaN/Inf policy of the module docstring before and after :meth:`craft`.
+        """
         honest = ctx.honest_updates
         if honest.dim() != 2 or honest.shape[0] < 1:
             raise ValueError(f"need (m ≥ 1, d) honest updates, got {tuple(honest.shape)}")
         alpha = stealth_at(self.stealth, ctx.round)
         if alpha == 0.0 and self.stealth_base == "honest":
             return honest.clone()          # α = 0: no attack this round, nothing is crafted
+        ctx = drop_nonfinite_benign(ctx, self.name)
         poison = self.craft(ctx)
         if tuple(poison.shape) != tuple(honest.shape):
             raise ValueError(f"{self.name}: crafted {tuple(poison.shape)}, expected "
                              f"{tuple(honest.shape)}")
-        return stealth_mix(honest, poison.to(honest.dtype), alpha, self.stealth_base)
+        out = stealth_mix(honest, poison.to(honest.dtype), alpha, self.stealth_base)
+        return check_finite_output(out, self.name)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, knowledge={self.knowledge!r})"

@@ -19,12 +19,24 @@ models, for a specific aggregation rule (Romoa Eq. 2 is the same objective).
   attackers' honest models; values in [μ_j + 3σ_j, μ_j + 4σ_j] (s_j = −1) or
   [μ_j − 4σ_j, μ_j − 3σ_j] (s_j = 1) (:func:`deviation_partial`).
 
-Fang et al. aggregate *local models*, so the literal reading applies the b-scaled sampling to
-model parameters w = θ_ref − Δ (``space="model"``, the default). Fang's and Cao's released code
-(and most re-implementations) apply the same rule to gradients / updates instead; that
-reading is ``space="update"`` (values −Δ, the models' change since θ_ref). The two differ only
-for the b-scaling (Krum is translation-invariant). The L2A authors' versions of both attacks
-are broken (code-facts file); these are Fang's definitions.
+**Space of the trimmed-mean/median attack** (``space``). ``"update"`` (the default) applies
+the b-scaled sampling to the updates, i.e. to the models' changes −Δ since θ_ref, as Fang's
+and Cao's released code and most re-implementations do: the crafted update stays within a
+factor b of the benign updates' extremes, so it is of the benign updates' magnitude.
+``"model"`` is the literal reading of Fang et al., who aggregate *local models*: the sampling
+acts on the parameters w = θ_ref − Δ, so "b·w_max" scales the whole parameter value, and the
+crafted delta is of the order of (b − 1)·|θ_ref| — on small models hundreds of times the
+benign update norm, a trivial outlier rather than a directed deviation. The two spaces
+differ only by this magnitude (Krum's attack is translation-invariant and has no ``space``).
+The L2A authors' versions of both attacks are broken (code-facts file); these are Fang's
+definitions.
+
+**Few attackers, few benign rows** (1 ≤ m ≤ w − 1 of w sampled uploads). With one attacker
+the partial-knowledge σ cannot be estimated: σ = 0, so Fang's partial attack sends μ (the
+attacker's honest update). With one benign row the full-knowledge extremes are that row's
+values. Krum needs n − f − 2 ≥ 1 scored neighbours: where the (actual or surrogate) Krum on
+the attack's rows cannot be evaluated (fewer than 3 rows, or the server's Krum rejects the
+row count), λ stays at Fang's upper bound (no halving).
 
 **UPA against rules it was not tailored to** (``variant="auto"``): Krum and Multi-Krum get the
 Krum attack; every other rule (mean/FedAvg, trimmed mean, median, clipped median, RFA /
@@ -42,8 +54,8 @@ import torch
 from torch import Tensor
 
 from ..context import AttackContext
-from .base import (Attack, Stealth, aggregator_name, aggregator_param, reference_updates,
-                   repeat_rows, uniform)
+from .base import (Attack, Stealth, aggregator_name, aggregator_param, own_updates,
+                   reference_updates, repeat_rows, uniform)
 
 KRUM_RULES = ("krum", "multi_krum", "multikrum")
 SPACES = ("model", "update")
@@ -148,11 +160,13 @@ def directed_deviation(values: Tensor, push: Tensor, num_malicious: int, b: floa
 
 def deviation_partial(values: Tensor, push: Tensor, num_malicious: int,
                       generator: torch.Generator) -> Tensor:
-    """Fang §4.2 partial knowledge: uniform in [μ + 3σ, μ + 4σ] (push up) or [μ − 4σ, μ − 3σ]."""
+    """Fang §4.2 partial knowledge: uniform in [μ + 3σ, μ + 4σ] (push up) or [μ − 4σ, μ − 3σ].
+
+    One attacker (one row): σ = 0, so the crafted value is μ, its own honest value.
+    """
     _check_updates(values, "attackers' values")
-    if values.shape[0] < 2:
-        raise ValueError("partial-knowledge directed deviation needs ≥ 2 attackers to estimate σ")
-    mu, sigma = values.mean(0), values.std(0)
+    mu = values.mean(0)
+    sigma = values.std(0) if values.shape[0] >= 2 else torch.zeros_like(mu)
     u = uniform((num_malicious, values.shape[1]), generator, values)
     return mu + push * (3.0 + u) * sigma
 
@@ -164,7 +178,8 @@ class LMPKrum(Attack):
     honest updates stand in for the benign ones and a Krum surrogate is used.
 
     Params: ``threshold`` (1e-5), ``knowledge`` ("full"), ``f`` (override Krum's f), stealth.
-    ``last_lambda`` holds the λ of the last call.
+    ``last_lambda`` holds the λ of the last call. Fallback: where Krum cannot be evaluated on
+    the attack's rows (e.g. partial knowledge with one attacker: 2 rows), λ = Fang's bound.
     """
 
     name = "lmp_krum"
@@ -184,23 +199,30 @@ class LMPKrum(Attack):
     def _selector(self, ctx: AttackContext, n_rows: int) -> Callable[[Tensor], bool]:
         m = ctx.num_malicious
         agg = ctx.aggregator
+        f = self.f if self.f is not None else aggregator_param(agg, "f", m)
+        f = int(min(max(int(f), 0), max(n_rows - 3, 0)))
+
+        def surrogate(U: Tensor) -> bool:
+            return U.shape[0] < 3 or krum_select(U, f) < m     # < 3 rows: Krum undefined
+
         if (self.knowledge == "full" and self.f is None and ctx.benign_updates.shape[0] > 0
                 and aggregator_name(agg) in KRUM_RULES):
             def actual(U: Tensor) -> bool:
-                out = agg(U, None)
+                try:
+                    out = agg(U, None)
+                except ValueError:          # the server's Krum rejects this many rows
+                    return surrogate(U)
                 w = getattr(agg, "weights", None)
                 if w is not None:
                     return bool((torch.as_tensor(w)[:m] > 0).any())
                 return bool(torch.allclose(out, U[0]))
             return actual
-        f = self.f if self.f is not None else aggregator_param(agg, "f", m)
-        f = int(min(max(int(f), 0), max(n_rows - 3, 0)))
-        return lambda U: krum_select(U, f) < m
+        return surrogate
 
     def craft(self, ctx: AttackContext) -> Tensor:
         """Δ' = λ·s for every attacker, λ from Fang's bound halved until Krum selects it."""
         m = ctx.num_malicious
-        ref = reference_updates(ctx) if self.knowledge == "full" else ctx.honest_updates
+        ref = reference_updates(ctx) if self.knowledge == "full" else own_updates(ctx)
         rows, lam = lmp_krum(ref, m, max(ctx.num_clients, m + ref.shape[0]),
                              self._selector(ctx, m + ref.shape[0]), self.threshold)
         self.last_lambda = lam
@@ -211,15 +233,18 @@ class LMPTrimmedMean(Attack):
     """Fang et al. trimmed-mean/median attack (UPA tailored to trimmed mean and median).
 
     Knowledge: full — the benign updates of this round (their coordinate-wise extremes and
-    mean direction); partial — only the attackers' honest updates (μ ± 3..4σ, needs m ≥ 2).
-    Params: ``b`` (2), ``space`` ("model": Fang's local-model parameters, literal; "update":
-    the updates, as Fang's released code), ``knowledge`` ("full"), stealth.
+    mean direction; one benign row: its values are the extremes); partial — only the
+    attackers' honest updates (μ ± 3..4σ; one attacker: σ = 0, so it sends μ, its honest
+    update). Params: ``b`` (2), ``space`` ("update", default: b-scaling of the updates, as
+    Fang's released code — crafted updates of the benign magnitude; "model": Fang's literal
+    local-model parameters — crafted deltas of the order of (b − 1)·|θ|, see the module
+    docstring), ``knowledge`` ("full"), stealth.
     """
 
     name = "lmp_trimmed_mean"
     knowledge = "full"
 
-    def __init__(self, b: float = 2.0, space: str = "model", knowledge: str = "full",
+    def __init__(self, b: float = 2.0, space: str = "update", knowledge: str = "full",
                  stealth: Stealth = 1.0, stealth_base: str = "honest"):
         super().__init__(stealth, stealth_base)
         if space not in SPACES:
@@ -233,7 +258,7 @@ class LMPTrimmedMean(Attack):
     def craft(self, ctx: AttackContext) -> Tensor:
         """Per-coordinate values just beyond the benign extremes, against Fang's s."""
         m = ctx.num_malicious
-        ref = reference_updates(ctx) if self.knowledge == "full" else ctx.honest_updates
+        ref = reference_updates(ctx) if self.knowledge == "full" else own_updates(ctx)
         push = -change_direction(ref)                       # −s: against the benign change
         origin = ctx.theta.unsqueeze(0) if self.space == "model" else 0.0
         values = origin - ref                                # models w_i or changes −Δ_i
@@ -249,20 +274,23 @@ class UPA(Attack):
 
     ``variant``: "auto" (Krum/Multi-Krum → Krum attack; every other rule, incl. mean, RFA and
     Romoa → trimmed-mean/median attack), "krum" or "trimmed_mean". Other params are passed to
-    :class:`LMPKrum` (``threshold``, ``f``) and :class:`LMPTrimmedMean` (``b``, ``space``);
-    ``knowledge`` and the stealth factor to both.
+    :class:`LMPKrum` (``threshold``, ``f``) and :class:`LMPTrimmedMean` (``b``, ``space``:
+    "update" by default, "model" the literal reading); ``knowledge`` and the stealth factor to
+    both. Every fallback of the two (one attacker, one benign row) applies.
     """
 
     name = "upa"
     knowledge = "full"
     VARIANTS = ("auto", "krum", "trimmed_mean")
 
-    def __init__(self, variant: str = "auto", b: float = 2.0, space: str = "model",
+    def __init__(self, variant: str = "auto", b: float = 2.0, space: str = "update",
                  threshold: float = 1e-5, f: Optional[int] = None, knowledge: str = "full",
                  stealth: Stealth = 1.0, stealth_base: str = "honest"):
         super().__init__(stealth, stealth_base)
         if variant not in self.VARIANTS:
             raise ValueError(f"variant must be one of {self.VARIANTS}, got {variant!r}")
+        if knowledge not in KNOWLEDGE:
+            raise ValueError(f"knowledge must be one of {KNOWLEDGE}, got {knowledge!r}")
         self.variant, self.knowledge = variant, knowledge
         self._krum = LMPKrum(threshold=threshold, knowledge=knowledge, f=f)
         self._trim = LMPTrimmedMean(b=b, space=space, knowledge=knowledge)

@@ -11,6 +11,10 @@ perturbation direction: "unit_vec" −μ/‖μ‖, "std" −σ (coordinate-wise 
 Binary search: γ ← γ_init, step ← γ_init; while |γ_succ − γ| > τ: γ ← γ ± step/2 (up if the
 condition holds, recording γ_succ ← γ), step ← step/2. It explores (0, 2γ_init). Deltas are
 η·gradients with η > 0, so the conditions and directions are the same on deltas.
+
+One benign row (possible with subsampling): both bounds are 0, so no γ > 0 is admissible
+along a non-zero ∇_p and every attacker sends μ, that row; "std" has σ = 0 there (a zero
+∇_p), and a zero ∇_p gives γ = 0 by definition (nothing to scale).
 """
 
 from __future__ import annotations
@@ -26,16 +30,17 @@ OBJECTIVES = ("min_max", "min_sum")
 
 
 def perturbation(benign: Tensor, kind: str) -> Tensor:
-    """∇_p: "unit_vec" −μ/‖μ‖, "std" −σ, "sign" −sign(μ) (Shejwalkar & Houmansadr §IV)."""
+    """∇_p: "unit_vec" −μ/‖μ‖, "std" −σ, "sign" −sign(μ) (Shejwalkar & Houmansadr §IV).
+
+    With one benign row "std" gives σ = 0, a zero ∇_p.
+    """
     if kind not in DEVIATIONS:
         raise ValueError(f"deviation must be one of {DEVIATIONS}, got {kind!r}")
     mu = benign.mean(0)
     if kind == "unit_vec":
         return -mu / mu.norm().clamp_min(torch.finfo(mu.dtype).tiny)
-    if kind == "std":
-        if benign.shape[0] < 2:
-            raise ValueError("the 'std' deviation needs ≥ 2 benign updates")
-        return -benign.std(0)
+    if kind == "std":                         # one row: σ = 0 (no spread to estimate)
+        return -benign.std(0) if benign.shape[0] >= 2 else torch.zeros_like(mu)
     return -torch.sign(mu)
 
 
@@ -48,6 +53,10 @@ def gamma_search(benign: Tensor, direction: Tensor, objective: str, gamma_init: 
         raise ValueError(f"benign updates must be (n ≥ 1, d), got {tuple(benign.shape)}")
     if not (gamma_init > 0 and tau > 0):
         raise ValueError(f"gamma_init and tau must be positive, got {gamma_init}, {tau}")
+    if not bool(torch.isfinite(benign).all() and torch.isfinite(direction).all()):
+        raise ValueError("benign updates and the direction must be finite")
+    if not bool((direction != 0).any()):
+        return 0.0                                 # a zero ∇_p: nothing to scale
     mu = benign.mean(0)
     pair = torch.cdist(benign, benign)
     if objective == "min_max":

@@ -4,7 +4,8 @@
   −ε·mean(benign Δ), so ⟨aggregate, benign mean⟩ < 0 under the mean; ε = 5 as in L2A
   (L2A appendix E.1); small ε (e.g. 0.1) is Xie et al.'s choice against median-type rules.
 * **ALIE** (Baruch et al. NeurIPS'19, "a little is enough"): μ − z_max·σ per coordinate,
-  s = ⌊n/2 + 1⌋ − m, z_max = Φ⁻¹((n − s)/n).
+  s = ⌊n/2 + 1⌋ − m, z_max = Φ⁻¹((n − s)/n). With a single reference update (one benign row,
+  or one attacker under partial knowledge) σ = 0 and the attackers send μ, that update.
 * **Sign flipping**: each attacker uploads −scale·Δ_honest (Damaskinos et al.; Li et al. RSA).
 * **Gaussian noise**: N(μ, σ²I) uploads; σ² = 200 (Fang et al. §5 / Xie et al.'s Gaussian
   attack), μ = 0 or the attacker's honest update.
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..context import AttackContext
-from .base import Attack, Stealth, normal, reference_updates, repeat_rows
+from .base import Attack, Stealth, normal, own_updates, reference_updates, repeat_rows
 
 KNOWLEDGE = ("full", "partial")
 
@@ -37,8 +38,8 @@ class IPM(Attack):
 
     def __init__(self, epsilon: float = 5.0, stealth: Stealth = 1.0, stealth_base: str = "honest"):
         super().__init__(stealth, stealth_base)
-        if not epsilon > 0:
-            raise ValueError(f"epsilon must be positive, got {epsilon}")
+        if not (epsilon > 0 and math.isfinite(epsilon)):
+            raise ValueError(f"epsilon must be positive and finite, got {epsilon}")
         self.epsilon = float(epsilon)
 
     def craft(self, ctx: AttackContext) -> Tensor:
@@ -60,8 +61,10 @@ class ALIE(Attack):
     """Baruch et al.'s "a little is enough": μ − z·σ of the updates, for every attacker.
 
     Knowledge: ``knowledge="full"`` (default) estimates μ, σ from the benign updates of the
-    round; "partial" from the attackers' own honest updates (Baruch's setting; needs m ≥ 2).
-    Params: ``z`` (None = z_max from n and m), ``knowledge``, stealth.
+    round; "partial" from the attackers' own honest updates (Baruch's setting). Fallback: one
+    reference update (one benign row; one attacker under partial knowledge) gives σ = 0, so
+    the attackers send μ, that update itself. Params: ``z`` (None = z_max from n and m),
+    ``knowledge``, stealth.
     """
 
     name = "alie"
@@ -72,16 +75,18 @@ class ALIE(Attack):
         super().__init__(stealth, stealth_base)
         if knowledge not in KNOWLEDGE:
             raise ValueError(f"knowledge must be one of {KNOWLEDGE}, got {knowledge!r}")
+        if z is not None and not math.isfinite(z):
+            raise ValueError(f"z must be finite, got {z}")
         self.z, self.knowledge = z, knowledge
 
     def craft(self, ctx: AttackContext) -> Tensor:
         """μ − z_max·σ per coordinate (Baruch et al. Algorithm 3)."""
-        ref = reference_updates(ctx) if self.knowledge == "full" else ctx.honest_updates
-        if ref.shape[0] < 2:
-            raise ValueError("ALIE needs ≥ 2 reference updates to estimate σ "
-                             f"(knowledge={self.knowledge!r}, got {ref.shape[0]})")
+        ref = reference_updates(ctx) if self.knowledge == "full" else own_updates(ctx)
+        mu = ref.mean(0)
+        if ref.shape[0] < 2:                     # one reference update: σ = 0, send μ
+            return repeat_rows(mu, ctx.num_malicious)
         z = self.z if self.z is not None else alie_z(ctx.num_clients, ctx.num_malicious)
-        return repeat_rows(ref.mean(0) - z * ref.std(0), ctx.num_malicious)
+        return repeat_rows(mu - z * ref.std(0), ctx.num_malicious)
 
 
 class SignFlip(Attack):
@@ -94,8 +99,8 @@ class SignFlip(Attack):
 
     def __init__(self, scale: float = 1.0, stealth: Stealth = 1.0, stealth_base: str = "honest"):
         super().__init__(stealth, stealth_base)
-        if not scale > 0:
-            raise ValueError(f"scale must be positive, got {scale}")
+        if not (scale > 0 and math.isfinite(scale)):
+            raise ValueError(f"scale must be positive and finite, got {scale}")
         self.scale = float(scale)
 
     def craft(self, ctx: AttackContext) -> Tensor:
@@ -116,8 +121,8 @@ class GaussianNoise(Attack):
     def __init__(self, std: float = math.sqrt(200.0), center: str = "zero",
                  stealth: Stealth = 1.0, stealth_base: str = "honest"):
         super().__init__(stealth, stealth_base)
-        if not std >= 0:
-            raise ValueError(f"std must be ≥ 0, got {std}")
+        if not (std >= 0 and math.isfinite(std)):
+            raise ValueError(f"std must be finite and ≥ 0, got {std}")
         if center not in self.CENTERS:
             raise ValueError(f"center must be one of {self.CENTERS}, got {center!r}")
         self.std, self.center = float(std), center

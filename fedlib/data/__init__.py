@@ -3,7 +3,8 @@
 * :func:`load` ``(name, root=None, download=False) -> (train, test)`` for "mnist",
   "fashion-mnist", "emnist-balanced", "cifar10" (raw files in torchvision's layout, read by
   our own validating parsers in :mod:`fedlib.data.parsers`), "synthetic" (L2A App. E.2 /
-  Sinha et al.: x ~ N(0, I₂), y = 1 iff ‖x‖₂ > √2) and "digits" (scikit-learn's 8×8).
+  Sinha et al.: x ~ N(0, I₂), y = 1 iff ‖x‖₂ > √2, the band √2/1.3 < ‖x‖₂ < 1.3·√2
+  removed) and "digits" (scikit-learn's 8×8).
   Images are float32 (N, C, H, W) in [0, 1], not normalised.
 * :func:`partition` (iid, Fang et al.'s q-noniid, Romoa's one-class, Dirichlet) and
   :func:`root_set` (FLTrust's root set with bias q0) in :mod:`fedlib.data.partition`.

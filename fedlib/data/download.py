@@ -1,19 +1,29 @@
 """Fetch the canonical dataset files into torchvision's layout.
 
     python -m fedlib.data.download [mnist fashion-mnist emnist-balanced cifar10] --root DIR
+    python -m fedlib.data.download --if-missing mnist fashion-mnist cifar10
 
-Each file is streamed to a temporary file beside its destination, its MD5 checked against
+Each file is streamed to ``<file>.part`` beside its destination, its MD5 checked against
 torchvision's published value, and only then moved into place (``os.replace``); files
-already present with the right checksum are skipped. Archives are unpacked member by
-member (regular files only, no path traversal): the CIFAR-10 tarball into
-``cifar-10-batches-py/``, and from EMNIST's ``gzip.zip`` only the four balanced-split files
-into ``EMNIST/raw/``. The archives are deleted afterwards unless ``--keep-archives``.
+already present with the right checksum are skipped. An interrupted download leaves its
+``.part`` file, and the next run resumes it with an HTTP ``Range`` request (a server that
+ignores the range, or a resumed file whose checksum fails, restarts the file from scratch).
+Archives are unpacked member by member (regular files only, no path traversal): the CIFAR-10
+tarball into ``cifar-10-batches-py/``, and from EMNIST's ``gzip.zip`` only the four
+balanced-split files into ``EMNIST/raw/``. The archives are deleted afterwards unless
+``--keep-archives``.
+
+``--if-missing`` (:func:`ensure`) fetches only the datasets that :func:`fedlib.data.load`
+cannot already find in any searched data directory, whatever their checksums; when the
+hosts cannot be reached it stops at the first failure with one message naming every
+missing file and the folder to put it in.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import os
 import posixpath
 import shutil
@@ -27,8 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterable, Sequence
 
+from .paths import canonical_name, data_root, missing_files
+
 __all__ = ["RESOURCES", "DEFAULT_NAMES", "Resource", "ChecksumError", "DownloadError",
-           "download", "main", "md5sum"]
+           "MissingDatasetsError", "download", "ensure", "main", "md5sum", "part_path"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,15 @@ class ChecksumError(RuntimeError):
 
 
 class DownloadError(OSError):
-    """No mirror delivered a file."""
+    """No mirror delivered a file; ``unreachable`` when no mirror answered at all."""
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+
+
+class MissingDatasetsError(OSError):
+    """Datasets that are neither on disk nor downloadable now (e.g. offline)."""
 
 
 _MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -111,35 +131,91 @@ def _temp_beside(dest: Path) -> tuple[IO[bytes], Path]:
     return os.fdopen(fd, "wb"), Path(tmp)
 
 
-def _fetch(res: Resource, dest: Path, quiet: bool) -> None:
-    """Download ``res`` to ``dest`` atomically, verifying its MD5; try each mirror."""
+def part_path(dest: Path) -> Path:
+    """Where the bytes of ``dest`` accumulate until its checksum is verified."""
+    return dest.with_name(dest.name + ".part")
+
+
+def _resumed(resp, offset: int) -> bool:
+    """Whether ``resp`` continues a file at byte ``offset`` (206 with a matching range)."""
+    if getattr(resp, "status", None) != 206:
+        return False
+    content_range = resp.headers.get("Content-Range", "")
+    return content_range.strip().startswith(f"bytes {offset}-")
+
+
+def _stream(url: str, part: Path, timeout: float, quiet: bool) -> str:
+    """Append ``url`` to ``part`` (resuming from its size when the server allows); its MD5."""
+    offset = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url)
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    h = hashlib.md5()
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        if offset and _resumed(resp, offset):
+            _log(f"resuming {url} at byte {offset}", quiet)
+            with open(part, "rb") as f:
+                for block in iter(lambda: f.read(_CHUNK), b""):
+                    h.update(block)
+            mode = "ab"
+        else:
+            mode = "wb"
+        expected = resp.headers.get("Content-Length")
+        received = 0
+        with open(part, mode) as f:
+            for block in iter(lambda: resp.read(_CHUNK), b""):
+                h.update(block)
+                f.write(block)
+                received += len(block)
+    if expected is not None and expected.isdigit() and received < int(expected):
+        raise ConnectionError(f"transfer cut off after {received} of {expected} bytes")
+    return h.hexdigest()
+
+
+def _fetch(res: Resource, dest: Path, quiet: bool, timeout: float = 30.0) -> None:
+    """Download ``res`` to ``dest`` via ``dest.part`` (resumable), verifying its MD5."""
     errors: list[str] = []
     mismatch: ChecksumError | None = None
+    answered = False                          # did any mirror answer at all?
+    part = part_path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     for url in res.urls:
-        _log(f"downloading {url}", quiet)
-        f, tmp = _temp_beside(dest)
-        try:
-            h = hashlib.md5()
-            with f, urllib.request.urlopen(url, timeout=60) as resp:
-                for block in iter(lambda: resp.read(_CHUNK), b""):
-                    h.update(block)
-                    f.write(block)
-            got = h.hexdigest()
-            if got != res.md5:
-                mismatch = ChecksumError(
-                    f"{res.filename}: checksum mismatch for {url}: expected MD5 {res.md5}, "
-                    f"got {got} (the download was deleted)")
-                errors.append(str(mismatch))
+        for attempt in (0, 1):                # a resumed file that fails restarts once
+            resumed = attempt == 0 and part.is_file() and part.stat().st_size > 0
+            _log(f"downloading {url}", quiet)
+            try:
+                got = _stream(url, part, timeout, quiet)
+            except urllib.error.HTTPError as exc:
+                answered = True
+                if exc.code == 416 and resumed:      # range past the end: restart cleanly
+                    part.unlink(missing_ok=True)
+                    continue
+                errors.append(f"{url}: {exc}")
+                break
+            except urllib.error.URLError as exc:
+                errors.append(f"{url}: {exc.reason}")
+                break
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                answered = True                      # cut off mid-transfer: .part is kept
+                errors.append(f"{url}: {type(exc).__name__}: {exc} "
+                              f"(partial file kept: {part.name}, the next run resumes it)")
+                break
+            answered = True
+            if got == res.md5:
+                os.replace(part, dest)
+                return
+            part.unlink(missing_ok=True)
+            if resumed:
                 continue
-            os.replace(tmp, dest)
-            return
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            errors.append(f"{url}: {exc}")
-        finally:
-            tmp.unlink(missing_ok=True)
+            mismatch = ChecksumError(
+                f"{res.filename}: checksum mismatch for {url}: expected MD5 {res.md5}, "
+                f"got {got} (the download was deleted)")
+            errors.append(str(mismatch))
+            break
     if mismatch is not None:
         raise mismatch
-    raise DownloadError(f"could not download {res.filename}:\n  " + "\n  ".join(errors))
+    raise DownloadError(f"could not download {res.filename}:\n  " + "\n  ".join(errors),
+                        unreachable=not answered)
 
 
 def _safe_member_name(name: str) -> str:
@@ -192,7 +268,9 @@ def _extract_emnist(archive: Path, raw: Path) -> None:
                 _write_atomic(src, raw / base)
 
 
-def _ensure(res: Resource, root: Path, quiet: bool, keep_archives: bool) -> None:
+def _provide(res: Resource, root: Path, quiet: bool, keep_archives: bool,
+             timeout: float) -> None:
+    """Make ``res`` (or, for an archive, the files it yields) present under ``root``."""
     dest = root / res.subdir / res.filename
     if res.extract and all((root / p).is_file() for p in res.produces):
         _log(f"{res.filename}: extracted files already present, skipping", quiet)
@@ -202,7 +280,7 @@ def _ensure(res: Resource, root: Path, quiet: bool, keep_archives: bool) -> None
     else:
         if dest.is_file():
             _log(f"{dest}: present but its checksum differs, downloading again", quiet)
-        _fetch(res, dest, quiet)
+        _fetch(res, dest, quiet, timeout)
     if res.extract == "cifar-tar":
         _extract_cifar(dest, root)
     elif res.extract == "emnist-zip":
@@ -211,20 +289,65 @@ def _ensure(res: Resource, root: Path, quiet: bool, keep_archives: bool) -> None
         dest.unlink()
 
 
-def download(names: Iterable[str] | None = None, root: str | os.PathLike | None = None, *,
-             quiet: bool = False, keep_archives: bool = False) -> Path:
-    """Fetch ``names`` (default: all four image sets) into ``root`` (default data_root())."""
-    from .loaders import _canonical, data_root
-
-    keys = [_canonical(n) for n in (names if names is not None else DEFAULT_NAMES)]
+def _downloadable(names: Iterable[str]) -> list[str]:
+    """Canonical names, deduplicated; ValueError for sets generated in memory."""
+    keys = list(dict.fromkeys(canonical_name(n) for n in names))
     bad = [k for k in keys if k not in RESOURCES]
     if bad:
         raise ValueError(f"{bad} are generated in memory, nothing to download; "
                          f"downloadable: {', '.join(RESOURCES)}")
+    return keys
+
+
+def download(names: Iterable[str] | None = None, root: str | os.PathLike | None = None, *,
+             quiet: bool = False, keep_archives: bool = False, timeout: float = 30.0) -> Path:
+    """Fetch ``names`` (default: all four image sets) into ``root`` (default data_root())."""
+    keys = _downloadable(names if names is not None else DEFAULT_NAMES)
+    if timeout <= 0:
+        raise ValueError(f"timeout must be positive, got {timeout}")
     dest = data_root(root)
-    for key in dict.fromkeys(keys):
+    for key in keys:
         for res in RESOURCES[key]:
-            _ensure(res, dest, quiet, keep_archives)
+            _provide(res, dest, quiet, keep_archives, timeout)
+    return dest
+
+
+def _missing_message(missing: dict[str, list[str]], dest: Path, cause: str) -> str:
+    lines = [f"missing datasets, and they cannot be downloaded now ({cause}):"]
+    lines += [f"  {name}: {', '.join(files)}" for name, files in missing.items()]
+    lines += [f"Put these files under {dest} (or the folder $FEDLIB_DATA names), in the layout",
+              "described in data/README.md - e.g. run `python -m fedlib.data.download "
+              f"{' '.join(missing)} --root DIR` on a machine with internet and copy DIR over."]
+    return "\n".join(lines)
+
+
+def ensure(names: Iterable[str], root: str | os.PathLike | None = None, *, quiet: bool = False,
+           timeout: float = 30.0) -> Path:
+    """Download only the datasets that no searched data directory holds yet; the data root.
+
+    A dataset counts as present when :func:`fedlib.data.load` would find all its files
+    (whatever their checksums). The first failed download stops everything with one
+    :class:`MissingDatasetsError` naming every file still missing and where to put it.
+    """
+    keys = _downloadable(names)
+    dest = data_root(root)
+    missing = {k: m for k in keys if (m := missing_files(k, root))}
+    if not missing:
+        _log(f"datasets present: {', '.join(keys) or 'none requested'}", quiet)
+        return dest
+    _log(f"datasets to download into {dest}: {', '.join(missing)}", quiet)
+    for key in list(missing):
+        try:
+            download([key], dest, quiet=quiet, timeout=timeout)
+        except (DownloadError, ChecksumError) as exc:
+            unreachable = isinstance(exc, DownloadError) and exc.unreachable
+            cause = ("the download hosts cannot be reached - offline?" if unreachable
+                     else str(exc).replace("\n  ", "; "))
+            raise MissingDatasetsError(_missing_message(missing, dest, cause)) from exc
+        if missing_files(key, dest):
+            raise MissingDatasetsError(_missing_message(
+                missing, dest, f"{key}: the download did not yield every file"))
+        del missing[key]
     return dest
 
 
@@ -236,13 +359,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"datasets to fetch (default: {' '.join(DEFAULT_NAMES)})")
     parser.add_argument("--root", default=None,
                         help="data directory (default: $FEDLIB_DATA, else ./data or <repo>/data)")
+    parser.add_argument("--if-missing", action="store_true",
+                        help="fetch only datasets no searched data directory holds; offline, "
+                             "stop at once naming the missing files")
     parser.add_argument("--keep-archives", action="store_true",
                         help="keep the CIFAR tarball and EMNIST zip after extracting")
+    parser.add_argument("--timeout", type=float, default=30.0,
+                        help="seconds to wait for a server (default 30)")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
+    names = args.names or DEFAULT_NAMES
     try:
-        dest = download(args.names or DEFAULT_NAMES, args.root, quiet=args.quiet,
-                        keep_archives=args.keep_archives)
+        if args.if_missing:
+            dest = ensure(names, args.root, quiet=args.quiet, timeout=args.timeout)
+        else:
+            dest = download(names, args.root, quiet=args.quiet,
+                            keep_archives=args.keep_archives, timeout=args.timeout)
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -2,8 +2,9 @@
 
 Mao, Yuan, Zhao, Zhong (ESORICS 2021), §3 and Algorithms 1–2. No public implementation
 exists; this one follows the paper equation by equation and resolves each ambiguity
-explicitly, twice: a ``"literal"`` reading (the equations as printed) and a
-``"calibrated"`` reading (what makes the method behave as the paper reports).
+explicitly, as a named option; two presets of those options are provided: ``"literal"``
+(the equations as printed) and ``"calibrated"`` (four measurement calibrations plus an
+unprinted generating function, the cluster penalty).
 
 Pipeline, once per iteration t' (lookahead or sync), on the n participants' paths
 aᵢ = θᵢ_t' − θ̄_t since the last sync and the lookahead aggregate ā = mean(aᵢ) (Fig. 3):
@@ -17,14 +18,25 @@ aᵢ = θᵢ_t' − θ̄_t since the last sync and the lookahead aggregate ā = 
    F_t = β·softmax + (1 − β)·F_{t−1}, F₀ = 1/n — :mod:`fedlib.romoa.factors`.
 5. At sync points, Σᵢ Fⁱ ⊙ Δᵢ (Algorithm 2, line 21) — :class:`Romoa`.
 
-Ambiguities and the two readings (``Romoa(reading=...)``; each choice is also a named
-option that can be set on its own):
+Ambiguities and the named options (``Romoa(selection=..., elementwise=..., pearson=...,
+bandwidth=..., generating=...)``). ``reading="literal"`` and ``reading="calibrated"`` are
+two *presets* of these options, nothing more: ``literal`` = parameter / sign / printed /
+auto / signed (every equation as printed) and ``calibrated`` = path / cosine / centered /
+robust / cluster_penalty. The last column changes two different kinds of thing: four
+*measurement calibrations* (Eq. 4's ranking, Eq. 5's scale, Eq. 7 as Pearson's r, the
+mean-shift bandwidth), and one *replacement of the generating function* (Eqs. 8–10's
+printed f = m − c by the unprinted ``"cluster_penalty"``). ``notebooks/romoa_ablation``
+measures which of the five does the work against UPA; an explicit option always overrides
+the preset's:
 
 ================== ============================== =======================================
-ambiguity          literal (as printed)           calibrated (as reported)
+ambiguity          literal preset (as printed)    calibrated preset
 ================== ============================== =======================================
-γ                  two parameters: the moving rate γ is the engine's ``moving_rate``;
-                   the selection ratio is ``selection_ratio`` (default 1/n, §3.2).
+γ                  the paper uses γ for two things, the moving rate (Algorithms 1–2) and
+                   the selection ratio ("generally assuming γ = 1/n", §3.2, the only
+                   printed value): two parameters, the protocol's ``moving_rate``
+                   (``fedlib.paper`` defaults it to that printed 1/n) and this rule's
+                   ``selection_ratio`` (default 1/n).
 Eq. 4 ranks        |θᵢ_t'| — "parameters with     |θᵢ_t' − θ̄_t| — the path, the quantity
                    high absolute values"          measured. Ranking θ itself selects the
                    (``selection="parameter"``)    same large weights for everyone (all
@@ -47,12 +59,14 @@ bandwidth          not given: scikit-learn's      at least 3 robust standard dev
                    default rule (quantile 0.3,    (1.4826·MAD) of the n values
                    ``bandwidth="auto"``)          (``"robust"``): ordinary honest scatter
                                                   stays in one cluster.
-Eqs. 8–10          f = m − c (``"signed"``)       f = 0 inside the majority cluster,
-                                                  −max(0, |m − c| − h)/h outside it
-                                                  (``generating="clustered"``).
+Eqs. 8–10          f = m − c (``"signed"``)       not a reading but another function,
+                                                  the *cluster penalty*: f = 0 inside the
+                                                  majority cluster, −max(0, |m − c| − h)/h
+                                                  outside it
+                                                  (``generating="cluster_penalty"``).
 ================== ============================== =======================================
 
-Why the calibrated generating function: Eq. 11's softmax is not scale-invariant, and the
+Why the cluster penalty: Eq. 11's softmax is not scale-invariant, and the
 lookahead aggregate ā is the plain mean *including* the adversary. (i) With f = m − c on
 cosines, the strongest possible outlier (cos −1 vs +1) keeps e⁻² ≈ 14 % of an honest weight;
 and an adversary whose path is much longer than the honest ones (Fang et al.'s attack is)

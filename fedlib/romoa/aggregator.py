@@ -21,7 +21,7 @@ READINGS = {
     "literal": dict(selection="parameter", elementwise="sign", pearson="printed",
                     generating="signed"),
     "calibrated": dict(selection="path", elementwise="cosine", pearson="centered",
-                       generating="clustered"),
+                       generating="cluster_penalty"),
 }
 READING_BANDWIDTH = {"literal": "auto", "calibrated": "robust"}
 CHOICES = dict(selection=("parameter", "path"), elementwise=("sign", "cosine"),
@@ -51,7 +51,15 @@ class Romoa:
     points both update the factors F (Algorithm 2, lines 16–19); ``__call__`` also returns
     Σᵢ Fⁱ ⊙ Δᵢ (line 21). In the synchronous protocol every call is a sync point.
 
-    Options (``None`` = the reading's choice; see ``fedlib.romoa`` for why):
+    ``reading`` picks a *preset* of the named options below (:data:`READINGS` and
+    :data:`READING_BANDWIDTH`): ``"literal"`` = every equation as printed; ``"calibrated"`` =
+    four measurement calibrations (``selection="path"``, ``elementwise="cosine"``,
+    ``pearson="centered"``, ``bandwidth="robust"``) plus the cluster penalty
+    (``generating="cluster_penalty"``), which replaces the printed Eqs. 8–10. An option passed
+    explicitly overrides the preset's. :meth:`preview` answers "what would this iteration
+    give?" without changing any state (for white-box attacks).
+
+    Options (``None`` = the preset's choice; see ``fedlib.romoa`` for why):
 
     * ``selection_ratio`` — the share each participant selects in Eq. 4 (paper: γ = 1/n;
       ``None`` = 1/n). The paper's *moving rate* γ is the engine's ``moving_rate``.
@@ -63,7 +71,7 @@ class Romoa:
     * ``pearson`` — Eq. 7 as printed, cos/(std·std) (``"printed"``), or Pearson's r
       (``"centered"``).
     * ``generating`` — Eqs. 8–10 as m − c (``"signed"``), as 0 inside the majority cluster
-      and −max(0, |m − c| − h)/h outside (``"clustered"``, calibrated; h the bandwidth), or
+      and −max(0, |m − c| − h)/h outside (``"cluster_penalty"``, calibrated; h the bandwidth), or
       as −max(0, |m − c| − κs)/s with s = 1.4826·MAD (``"standardized"``; ``tolerance`` is
       κ, default 2).
     * ``centroid`` — c_w of the majority cluster (``"majority"``, both readings) or of the
@@ -140,6 +148,10 @@ class Romoa:
         self.reset()
 
     # ------------------------------------------------------------------ state
+    _STATE = ("_F", "_ids", "_last", "_pending", "_weights", "iteration", "last_seconds",
+              "_f_layer", "_clock")
+    """Everything an iteration changes (:meth:`preview` restores it)."""
+
     def reset(self) -> None:
         """Forget all history: F back to 1/n at the next call."""
         self._F: Optional[Tensor] = None
@@ -149,6 +161,7 @@ class Romoa:
         self._weights: Optional[Tensor] = None
         self.iteration = 0
         self.last_seconds = 0.0
+        self._f_layer: Optional[Tensor] = None
         self._profile: Optional[dict[str, float]] = None
         self._clock = 0.0
 
@@ -184,6 +197,26 @@ class Romoa:
     def observe(self, updates: Tensor, ctx: Any = None) -> None:
         """A lookahead iteration between syncs: update F only (Algorithm 2, lines 16–19)."""
         self._update(updates, ctx)
+
+    def preview(self, updates: Tensor, ctx: Any = None) -> tuple[Tensor, Tensor]:
+        """What this iteration would give, (Σᵢ Fⁱ ⊙ Δᵢ, weights), leaving the state untouched.
+
+        Algorithm 2 lines 16–21 on a copy of F: for white-box attacks that query the server's
+        rule with candidate uploads (``fedlib.attacks.RomoaAdaptive``). Every attribute —
+        F, ``iteration``, ``weights``, :meth:`report` — is as before the call.
+        """
+        saved = {k: getattr(self, k) for k in self._STATE}
+        saved["_last"] = dict(self._last)
+        saved["_profile"] = None if self._profile is None else dict(self._profile)
+        if self._F is not None:
+            self._F = self._F.clone()                          # _step updates F in place
+        try:
+            out = self(updates, ctx)
+            w = self.weights.clone()
+        finally:
+            for k, v in saved.items():
+                setattr(self, k, v)
+        return out, w
 
     # -------------------------------------------------------------- internals
     @staticmethod
@@ -283,7 +316,7 @@ class Romoa:
         return x, keep
 
     def _cluster(self, values: Tensor) -> ms.Clusters:
-        """Mean shift of (G, n) values: one group per layer (or one for Eq. 5 calibrated)."""
+        """Mean shift of (G, n) values: one group per layer (or one for Eq. 5's cosine)."""
         return ms.cluster(values, self.bandwidth, self.options["kernel"])
 
     def _generate(self, m: Tensor, cl: ms.Clusters) -> Tensor:

@@ -1,9 +1,10 @@
 """Romoa's sanitizing factors (§3.3, Eqs. 8–11) and sanitized aggregation (Algorithm 2).
 
 * Generating functions (Eqs. 8–10): f = m − c, a participant's measurement minus the
-  centroid of its parameter (``"signed"``, as printed), or, in the calibrated reading,
-  f = 0 inside the majority cluster and −|m − c|/h outside it (``"clustered"``): the distance
-  to the majority centroid in units of the mean-shift bandwidth h. (``"standardized"``,
+  centroid of its parameter (``"signed"``, as printed), or the *cluster penalty*, a different
+  generating function that the paper does not print (the ``"calibrated"`` preset's choice):
+  f = 0 inside the majority cluster and −(|m − c| − h)⁺/h outside it (``"cluster_penalty"``),
+  how far beyond the majority cluster's reach, in units of the mean-shift bandwidth h. (``"standardized"``,
   −max(0, |m − c| − κs)/s in units of the robust spread s = 1.4826·MAD, is an alternative.)
 * Eq. 11, first line: the minimum of the three generating functions is the representative.
 * Eq. 11, second line: F_t = β·softmax_i(F) + (1 − β)·F_{t−1}, the softmax taken over the
@@ -18,7 +19,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-GENERATING = ("signed", "clustered", "standardized")
+GENERATING = ("signed", "cluster_penalty", "standardized")
+"""Eqs. 8–10 variants: the printed signed difference and two unprinted penalties."""
 
 
 def generating_function(measure: Tensor, centroid: Tensor, mode: str = "signed", *,
@@ -28,7 +30,7 @@ def generating_function(measure: Tensor, centroid: Tensor, mode: str = "signed",
     """Eqs. 8–10 for a measurement m with centroid c (all arguments broadcast together).
 
     * ``"signed"`` (as printed): f = m − c.
-    * ``"clustered"`` (calibrated): f = 0 for a participant whose measurement lies in the
+    * ``"cluster_penalty"`` (not printed; the ``"calibrated"`` preset's choice): f = 0 for a participant whose measurement lies in the
       majority cluster (``member``), else −max(0, |m − c| − h)/h with h the mean-shift
       ``bandwidth``: how far beyond the cluster's reach, in bandwidths.
     * ``"standardized"``: f = −max(0, |m − c| − κ·s)/s, with s the robust spread ``scale``
@@ -36,9 +38,9 @@ def generating_function(measure: Tensor, centroid: Tensor, mode: str = "signed",
     """
     if mode == "signed":
         return measure - centroid
-    if mode == "clustered":
+    if mode == "cluster_penalty":
         if member is None or bandwidth is None:
-            raise ValueError("the clustered generating function needs member and bandwidth")
+            raise ValueError("the cluster_penalty generating function needs member and bandwidth")
         beyond = torch.clamp((measure - centroid).abs() / bandwidth - 1.0, min=0.0)
         return torch.where(member, torch.zeros_like(beyond), -beyond)
     if mode != "standardized":

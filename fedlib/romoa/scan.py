@@ -20,7 +20,7 @@ Eqs. 4–7 need:
 Blocks are shared between ``torch.get_num_threads()`` threads (NumPy releases the GIL in
 its loops). Every block's sums are kept apart and added in block order, so the result does
 not depend on the number of threads or on scheduling. :func:`selected_sums` is the second,
-optional pass of the calibrated reading (the Eq. 5 cosine over U needs U first).
+optional pass for ``elementwise="cosine"`` (the Eq. 5 cosine over U needs U first).
 """
 
 from __future__ import annotations

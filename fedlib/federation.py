@@ -1,0 +1,399 @@
+"""One steppable, replica-batched round loop under every run: :class:`Federation`.
+
+A federation holds the global model θ, the round counter, the protocol's state (Romoa's
+participant states), the aggregator's state (Romoa's sanitizing factors, centered clipping's
+momentum) and the attack. :meth:`Federation.step` advances one round of the synchronous protocol
+(L2A Algorithm 1) or one iteration of Romoa's lookahead protocol (Romoa Algorithms 1–2; see
+:mod:`fedlib.protocols`); :meth:`Federation.run` steps with observers (evaluation, recording,
+progress); :meth:`Federation.snapshot` / :meth:`Federation.restore` fork and resume a run
+bit-identically.
+
+**Replicas.** ``Federation(task, cfg, seeds=[s₀, …, s_{B−1}])`` runs B independent federations —
+the same model and setting, each with its own seed (partition, initial model, client sampling,
+minibatches, attack stream) — as one batched computation: θ is (B, d), the uploads (B, n, d);
+local training is one ``vmap`` over replicas × clients and aggregation one call of a batched rule
+(rules with ``batched = True``; others, e.g. Romoa, get one instance per replica). B = 1 is the
+plain single run.
+
+**Randomness.** Every random draw comes from a stream derived from (seed, purpose, round[, client])
+by :func:`fedlib.engine.seed_for`, so the state of a federation is fully described by its round
+counter and tensors: no generator state needs saving. Dropout draws inside local training come
+from torch's global generator, seeded per replica and round inside ``torch.random.fork_rng``:
+stepping a federation leaves the caller's global generators exactly as they were.
+
+**The attack seam.** ``step(malicious=hook)`` lets ``hook(ctx: AttackContext) -> (m, d)`` craft
+the uploads of the m malicious clients sampled in a replica this round; ``ctx`` holds exactly what
+the threat model grants (see :class:`fedlib.context.AttackContext`). Without a hook the
+configured attack (``cfg.attack``, from round ``cfg.attack_start`` on) is used. Every attack
+object is such a hook, and so is the RL policy (:mod:`fedlib.rl`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch.func import functional_call, vmap
+
+from . import engine
+from .config import RunConfig
+from .context import AttackContext, RoundContext, RoundEvent
+from .engine import Task
+from .flat import flatten_module
+from .protocols import Hook, protocol_for
+from .tasks import build_attack, build_task, load_data, server_update_fn
+
+Observer = Callable[["Federation", "StepResult"], None]
+
+
+@dataclass
+class StepResult:
+    """What one :meth:`Federation.step` did, for every replica (leading dimension B)."""
+
+    round: int
+    """t, from 0: the round (sync) or iteration (Romoa's protocol) just completed."""
+    sync: bool
+    """Whether the aggregate was applied (always True in the synchronous protocol)."""
+    theta_shared: Tensor
+    """(B, d): the model the clients received (θ_ref plus any shared-model noise)."""
+    theta_before: Tensor
+    """(B, d): the server's model before this step."""
+    theta_after: Tensor
+    """(B, d): the server's model after this step."""
+    uploads: Tensor
+    """(B, n, d): the deltas the aggregator saw (malicious rows already crafted)."""
+    client_ids: Tensor
+    """(B, n): which clients uploaded."""
+    is_malicious: Tensor
+    """(B, n) bool: which rows were crafted (ground truth, for plots and tests)."""
+
+    def event(self, b: int, lr: float, aggregator: Any) -> RoundEvent:
+        """Replica ``b``'s step as the :class:`RoundEvent` run callbacks receive."""
+        return RoundEvent(round=self.round, theta_shared=self.theta_shared[b],
+                          theta_before=self.theta_before[b], theta_after=self.theta_after[b],
+                          uploads=self.uploads[b], client_ids=self.client_ids[b],
+                          malicious=self.is_malicious[b], sync=self.sync, lr=lr,
+                          aggregator=aggregator)
+
+
+class _Gated:
+    """An attack that leaves rounds before ``start`` honest (``RunConfig.attack_start``)."""
+
+    def __init__(self, attack: Any, start: int):
+        self.attack, self.start = attack, start
+        self.name = getattr(attack, "name", type(attack).__name__)
+
+    def __call__(self, ctx: AttackContext) -> Tensor:
+        return self.attack(ctx) if ctx.round >= self.start else ctx.honest_updates
+
+    def __getattr__(self, item: str) -> Any:
+        if item == "attack":                          # not yet set (e.g. while being copied)
+            raise AttributeError(item)
+        return getattr(self.attack, item)
+
+
+def _check_finite(vec: Tensor, what: str, t: int) -> None:
+    if not torch.isfinite(vec).all():
+        raise FloatingPointError(f"round {t}: {what} contains NaN/Inf; the run is aborted and "
+                                 "nothing is cached (lower the learning rate or check the attack)")
+
+
+class Federation:
+    """B replicas of one federated setting (a validated :class:`fedlib.runs.RunConfig`)."""
+
+    def __init__(self, task: Task | Sequence[Task], cfg: Any, seeds: Optional[Sequence[int]] = None,
+                 *, theta0: Optional[Tensor] = None, aggregator: Any = None, attack: Any = None):
+        from . import aggregators
+        self.cfg = cfg = RunConfig.from_dict(cfg)
+        self.seeds = [int(s) for s in (seeds if seeds is not None else [cfg.seed])]
+        B = len(self.seeds)
+        if B < 1:
+            raise ValueError("a federation needs at least one replica (seeds must not be empty)")
+        self.tasks = list(task) if isinstance(task, (list, tuple)) else [task] * B
+        if len(self.tasks) != B:
+            raise ValueError(f"got {len(self.tasks)} tasks for {B} seeds")
+        self.task = self.tasks[0]
+        self.num_clients = len(self.task.clients)
+        if any(len(t.clients) != self.num_clients for t in self.tasks):
+            raise ValueError("every replica's task must have the same number of clients")
+        if self.num_clients != cfg.num_clients:
+            raise ValueError(f"the task has {self.num_clients} clients, cfg.num_clients is "
+                             f"{cfg.num_clients}")
+        self.protocol = protocol_for(cfg)
+        self.device = self.task.device
+        if theta0 is None:
+            theta = torch.stack([flatten_module(t.model) for t in self.tasks])
+        else:
+            theta = torch.as_tensor(theta0).to(self.device)
+            theta = theta.expand(B, -1).clone() if theta.dim() == 1 else theta.clone()
+        if theta.shape != (B, self.task.spec.dim):
+            raise ValueError(f"theta0 must be (d,) or (B, d) = ({B}, {self.task.spec.dim}), "
+                             f"got {tuple(theta.shape)}")
+        self.theta = theta.detach()
+        self.round = 0
+        self.malicious = torch.zeros(self.num_clients, dtype=torch.bool)
+        self.malicious[: cfg.num_attackers] = True
+        self.attacker_data = [self._attacker_data(t) for t in self.tasks]
+        agg = aggregator if aggregator is not None else \
+            aggregators.get(cfg.aggregator, **cfg.aggregator_params)
+        self.batched_aggregator = B == 1 or bool(getattr(agg, "batched", False))
+        self.aggregators = [agg] if self.batched_aggregator else \
+            [agg] + [copy.deepcopy(agg) for _ in range(B - 1)]
+        needs = getattr(agg, "needs_server_update", False)
+        if needs and not self.protocol.provides_server_update:
+            raise ValueError(f"aggregator {cfg.aggregator!r} needs a server update, which protocol "
+                             f"{cfg.protocol!r} does not provide")
+        self.server_updates = [server_update_fn(cfg, t, s)
+                               for t, s in zip(self.tasks, self.seeds)] if needs else None
+        if attack is not None:
+            self.attacks = [attack] + [copy.deepcopy(attack) for _ in range(B - 1)]
+        else:
+            built = [build_attack(cfg, t) for t in self.tasks]
+            self.attacks = [None if a is None else _Gated(a, cfg.attack_start) for a in built]
+        self.strategy = engine.resolve_strategy(self._replica_strategy(cfg.strategy), self.device)
+        self.protocol_state = self.protocol.initial_state(self.theta, self.num_clients)
+        self._pool: Optional[tuple[Task, list[int]]] = None
+
+    def _replica_strategy(self, strategy: str) -> str:
+        """"auto" for B > 1 replicas: one vmap over replicas × clients on CUDA, and on a CPU for
+        tiny models (< 10k parameters), where per-call overhead dominates; a loop otherwise
+        (on a CPU a vmapped CNN is slower than one client after another)."""
+        if strategy != "auto" or len(self.seeds) == 1:
+            return strategy
+        small = self.task.spec.dim < 10_000
+        return "vmap" if self.device.type == "cuda" or small else "sequential"
+
+    @classmethod
+    def from_config(cls, cfg: Any, seeds: Optional[Sequence[int]] = None) -> "Federation":
+        """Build the data, partitions and initial models of ``cfg`` per seed (default cfg.seed)."""
+        import dataclasses
+
+        base = RunConfig.from_dict(cfg)
+        seeds = list(seeds) if seeds is not None else [base.seed]
+        loaded = load_data(base)
+        tasks = [build_task(dataclasses.replace(base, seed=s), loaded) for s in seeds]
+        return cls(tasks, base, seeds)
+
+    # ------------------------------------------------------------------ stepping
+    def next_clients(self) -> Tensor:
+        """(B, w) the clients the server samples in the next round (deterministic)."""
+        return self.protocol.sample(self, self.round)
+
+    def step(self, malicious: Optional[Hook] = None) -> StepResult:
+        """Advance every replica by one round (sync) or one iteration (Romoa's protocol)."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(engine.seed_for(self.seeds[0], "round", self.round))
+            result = self.protocol.step(self, malicious)
+        self.round += 1
+        return result
+
+    def run(self, rounds: int, observers: Sequence[Observer] = (), progress: bool = True) -> Tensor:
+        """Step ``rounds`` times, calling every observer after each step; returns θ (B, d)."""
+        from tqdm import tqdm
+        desc = "rounds" if self.protocol.name == "sync" else "iterations"
+        for _ in tqdm(range(rounds), desc=desc, disable=not progress, mininterval=2.0):
+            result = self.step()
+            for observe in observers:
+                observe(self, result)
+        return self.theta
+
+    # ------------------------------------------------------------------ state
+    def snapshot(self) -> dict[str, Any]:
+        """The full state (θ, counter, protocol, aggregator and attack state), a detached copy."""
+        memo = self._shared_memo()
+        return copy.deepcopy({"round": self.round, "theta": self.theta,
+                              "protocol_state": self.protocol_state,
+                              "aggregators": self.aggregators, "attacks": self.attacks}, memo)
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Load a :meth:`snapshot`; stepping on is bit-identical to the run it was taken from."""
+        snap = copy.deepcopy(snap, self._shared_memo())
+        if snap["theta"].shape != self.theta.shape:
+            raise ValueError(f"snapshot θ has shape {tuple(snap['theta'].shape)}, this federation "
+                             f"{tuple(self.theta.shape)}")
+        self.round, self.theta = int(snap["round"]), snap["theta"]
+        self.protocol_state = snap["protocol_state"]
+        self.aggregators, self.attacks = snap["aggregators"], snap["attacks"]
+
+    def _shared_memo(self) -> dict[int, Any]:
+        """Objects a snapshot shares instead of copying: the tasks and their data."""
+        memo: dict[int, Any] = {}
+        for t in self.tasks:
+            for obj in (t, t.model, t.x_train, t.y_train, t.x_test, t.y_test, *t.clients):
+                memo[id(obj)] = obj
+        for x, y in self.attacker_data:
+            memo[id(x)], memo[id(y)] = x, y
+        return memo
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, x: Tensor, y: Tensor, chunk: int = 2048) -> dict[str, Tensor]:
+        """Accuracy and mean cross-entropy of every replica's θ on (x, y): (B,) tensors."""
+        task = self.task
+        task.model.eval()
+        try:
+            fwd = vmap(lambda th, xb: functional_call(task.model, task.spec.unflatten(th), (xb,)),
+                       in_dims=(0, None))
+            correct = torch.zeros(len(self.seeds), device=x.device)
+            loss = torch.zeros(len(self.seeds), device=x.device)
+            for i in range(0, len(x), chunk):
+                logits = fwd(self.theta, x[i:i + chunk])                         # (B, N, C)
+                yb = y[i:i + chunk]
+                correct += (logits.argmax(-1) == yb).sum(1)
+                loss += torch.nn.functional.cross_entropy(
+                    logits.transpose(1, 2), yb.expand(len(self.seeds), -1), reduction="none").sum(1)
+        finally:
+            task.model.train()
+        n = max(len(x), 1)
+        return {"accuracy": correct / n, "loss": loss / n}
+
+    def weights(self, b: int) -> Optional[Tensor]:
+        """Replica ``b``'s per-upload weights of the last aggregation, if the rule has any."""
+        agg = self.aggregators[0] if self.batched_aggregator else self.aggregators[b]
+        w = getattr(agg, "weights", None)
+        if w is None:
+            return None
+        w = torch.as_tensor(w)
+        return w[b] if w.dim() == 2 else w
+
+    # ------------------------------------------------------------------ pieces protocols call
+    def for_each_replica(self, t: int, fn: Callable[[int], None],
+                         batched: Optional[Callable[[], None]] = None) -> None:
+        """Run ``fn(b)`` for every replica in its own dropout stream, or ``batched()`` once."""
+        if batched is not None and len(self.seeds) > 1 and self.strategy == "vmap":
+            batched()
+            return
+        for b, s in enumerate(self.seeds):
+            torch.manual_seed(engine.seed_for(s, "round", t))
+            fn(b)
+
+    def local_train(self, b: int, starts: Tensor, ids: Tensor, t: int, steps: int) -> Tensor:
+        """Replica ``b``'s clients ``ids`` take ``steps`` SGD steps from ``starts`` (n, d)."""
+        task = self.tasks[b]
+        batches = engine.sample_batches(task, ids, t, steps, self.cfg.batch_size, self.seeds[b])
+        strategy = self.cfg.strategy if len(self.seeds) == 1 else self.strategy
+        return engine.local_sgd(task, starts, batches, self.cfg.lr, strategy)
+
+    def local_train_all(self, starts: Tensor, ids: Tensor, t: int, steps: int) -> Tensor:
+        """Every replica's clients at once: starts (B, n, d), ids (B, n) → (B, n, d), one vmap."""
+        pool, offsets = self._pooled()
+        B, n, d = starts.shape
+        batches = torch.cat([
+            engine.sample_batches(task, ids[b], t, steps, self.cfg.batch_size, s) + offsets[b]
+            for b, (task, s) in enumerate(zip(self.tasks, self.seeds))])
+        out = engine.local_sgd(pool, starts.reshape(B * n, d), batches, self.cfg.lr, "vmap")
+        return out.reshape(B, n, d)
+
+    def _pooled(self) -> tuple[Task, list[int]]:
+        """One task whose training set holds every replica's (each once) and the index offsets."""
+        if self._pool is None:
+            import dataclasses
+            xs, ys, offsets, seen = [], [], [], {}
+            total = 0
+            for t in self.tasks:
+                if id(t.x_train) not in seen:
+                    seen[id(t.x_train)] = total
+                    xs.append(t.x_train)
+                    ys.append(t.y_train)
+                    total += len(t.x_train)
+                offsets.append(seen[id(t.x_train)])
+            pool = self.task if len(xs) == 1 else dataclasses.replace(
+                self.task, x_train=torch.cat(xs), y_train=torch.cat(ys))
+            self._pool = (pool, offsets)
+        return self._pool
+
+    def _attacker_data(self, task: Task) -> tuple[Tensor, Tensor]:
+        M = self.cfg.num_attackers
+        idx = torch.cat([task.clients[i] for i in range(M)]) if M else \
+            torch.zeros(0, dtype=torch.long, device=task.device)
+        return task.x_train[idx], task.y_train[idx]
+
+    def poison(self, uploads: Tensor, ids: Tensor, shared: Tensor, hook: Optional[Hook], *,
+               local_steps: int) -> Tensor:
+        """The hook (or the configured attack) crafts the malicious rows in place; (B, n) mask."""
+        mal = self.malicious[ids.cpu()].to(uploads.device)
+        t = self.round
+        for b, s in enumerate(self.seeds):
+            attack = hook if hook is not None else self.attacks[b]
+            if attack is None or not bool(mal[b].any()):
+                continue
+            g = torch.Generator().manual_seed(engine.seed_for(s, "attack", t))
+            task = self.tasks[b]
+            ctx = AttackContext(
+                round=t, theta=shared[b], spec=task.spec, lr=self.cfg.lr,
+                batch_size=self.cfg.batch_size, local_steps=local_steps,
+                honest_updates=uploads[b][mal[b]], benign_updates=uploads[b][~mal[b]],
+                num_clients=uploads.shape[1], aggregator=self._rule_for_attack(b),
+                data=self.attacker_data[b],
+                train=lambda th, x, y, steps, lr_, bs, ascent=False, _t=task, _g=g: engine.sgd(
+                    _t, th, x, y, steps, lr_, bs, generator=_g, ascent=ascent),
+                forward=task.forward, generator=g, population=self.num_clients,
+                num_attackers_total=self.cfg.num_attackers, replica=b)
+            crafted = attack(ctx)
+            expected = (ctx.num_malicious, shared.shape[1])
+            if tuple(crafted.shape) != expected:
+                raise ValueError(f"attack {getattr(attack, 'name', attack)!r} returned shape "
+                                 f"{tuple(crafted.shape)}, expected {expected}")
+            uploads[b][mal[b]] = crafted.to(uploads.dtype)
+        return mal
+
+    def _aggregator_of(self, b: int) -> Any:
+        return self.aggregators[0] if self.batched_aggregator else self.aggregators[b]
+
+    def _rule_for_attack(self, b: int) -> Any:
+        """Replica ``b``'s rule as a white-box attack may probe it: (n, d) calls, state untouched."""
+        agg = self._aggregator_of(b)
+        if len(self.seeds) > 1 and self.batched_aggregator and hasattr(agg, "replica"):
+            return agg.replica(b)
+        return agg
+
+    def _context(self, b: Optional[int], ids: Tensor, theta_ref: Tensor, mal: Tensor,
+                 sync: bool) -> RoundContext:
+        """The RoundContext of replica ``b``, or of the whole batch (b = None)."""
+        fns = self.server_updates
+        if b is None:
+            server = (lambda: torch.stack([f(theta_ref[i]) for i, f in enumerate(fns)])) \
+                if fns else None
+            return RoundContext(round=self.round, theta=theta_ref, spec=self.task.spec,
+                                lr=self.cfg.lr, sync=sync, client_ids=ids,
+                                server_update=server, num_malicious=mal.sum(1))
+        server = (lambda: fns[b](theta_ref[b])) if fns else None
+        return RoundContext(round=self.round, theta=theta_ref[b], spec=self.task.spec,
+                            lr=self.cfg.lr, sync=sync, client_ids=ids[b], server_update=server,
+                            num_malicious=int(mal[b].sum()))
+
+    def aggregate(self, uploads: Tensor, ids: Tensor, theta_ref: Tensor, mal: Tensor, *,
+                  sync: bool) -> Tensor:
+        """Aggr(Δ) for every replica: (B, d); a non-finite aggregate aborts the run."""
+        B = len(self.seeds)
+        if B == 1:
+            out = self.aggregators[0](uploads[0], self._context(0, ids, theta_ref, mal, sync))
+            out = out.unsqueeze(0)
+        elif self.batched_aggregator:
+            out = self.aggregators[0](uploads, self._context(None, ids, theta_ref, mal, sync))
+        else:
+            out = torch.stack([agg(uploads[b], self._context(b, ids, theta_ref, mal, sync))
+                               for b, agg in enumerate(self.aggregators)])
+        name = getattr(self.aggregators[0], "name", "aggregator")
+        _check_finite(out, f"the {name} aggregate", self.round)
+        return out
+
+    def observe(self, uploads: Tensor, ids: Tensor, theta_ref: Tensor, mal: Tensor) -> None:
+        """Show a lookahead iteration's uploads to stateful rules (Romoa Alg. 2 lines 16–19)."""
+        if len(self.seeds) > 1 and self.batched_aggregator:
+            calls = [(self.aggregators[0], uploads, None)]
+        else:
+            calls = [(self._aggregator_of(b), uploads[b], b) for b in range(len(self.seeds))]
+        for agg, x, b in calls:
+            if callable(getattr(agg, "observe", None)):
+                agg.observe(x, self._context(b, ids, theta_ref, mal, sync=False))
+
+    def result(self, t: int, sync: bool, shared: Tensor, before: Tensor, after: Tensor,
+               uploads: Tensor, ids: Tensor, mal: Tensor) -> StepResult:
+        """Package a step (protocols call this last)."""
+        return StepResult(round=t, sync=sync, theta_shared=shared, theta_before=before,
+                          theta_after=after, uploads=uploads, client_ids=ids, is_malicious=mal)

@@ -1,0 +1,154 @@
+"""Distance-based selection: Krum, Multi-Krum (Blanchard et al. 2017), Bulyan (El Mhamdi et al.).
+
+Weights: Krum is one-hot on the selected client, multi-Krum 1/m on each of the m
+selected; Bulyan reports each client's share of the β averaged slots per coordinate
+(0 for clients its Krum stage did not select), averaged over coordinates.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._checks import RuleCall, check_count
+from .coordinate import closest_to_median_mean
+from .distances import pairwise_sq_distances
+
+
+def krum_scores(dist: Tensor, f: int) -> Tensor:
+    """Krum scores s(i) = Σ_{i→j} ‖Δᵢ − Δⱼ‖² over the n − f − 2 nearest other rows (§4)."""
+    n = dist.shape[0]
+    off = dist.clone().fill_diagonal_(torch.inf)
+    return torch.topk(off, n - f - 2, dim=1, largest=False).values.sum(dim=1)
+
+
+def total_distance(dist: Tensor, live: Tensor | None = None) -> Tensor:
+    """(n,) Σⱼ ‖Δᵢ − Δⱼ‖² over the ``live`` columns: the tie-break for equal Krum scores."""
+    return (dist if live is None else torch.where(live[None, :], dist, 0)).sum(dim=1)
+
+
+def lex_argmin(primary: Tensor, secondary: Tensor) -> Tensor:
+    """Index of the smallest ``primary``; exact ties go to the smallest ``secondary``, then
+    to the lowest index (a permutation-invariant choice unless both keys tie)."""
+    tied = primary == primary.min()
+    sec = torch.where(tied, secondary, torch.inf)
+    return (tied & (sec == sec.min())).int().argmax()  # first such index
+
+
+def _krum(x: Tensor, f: int) -> tuple[Tensor, Tensor]:
+    dist = pairwise_sq_distances(x)
+    best = lex_argmin(krum_scores(dist, f), total_distance(dist))
+    w = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    w[best] = 1.0
+    return x[best].clone(), w
+
+
+def _multi_krum(x: Tensor, f: int, m: int | None) -> tuple[Tensor, Tensor]:
+    n = x.shape[0]
+    m = n - f if m is None else m
+    dist = pairwise_sq_distances(x)
+    scores = krum_scores(dist, f)
+    by_total = torch.argsort(total_distance(dist), stable=True)  # tie-break, as in Krum
+    chosen = by_total[torch.argsort(scores[by_total], stable=True)[:m]]
+    w = torch.zeros(n, dtype=x.dtype, device=x.device)
+    w[chosen] = 1.0 / m
+    return w @ x, w
+
+
+def krum_rule(f: int) -> RuleCall:
+    """:func:`krum` with a validated f."""
+    f = check_count(f, "f", "krum")
+    return RuleCall("krum", _krum, {"f": f}, min_rows=2 * f + 3,
+                    requirement=f"n > 2f + 2 = {2 * f + 2}")
+
+
+def multi_krum_rule(f: int, m: int | None = None) -> RuleCall:
+    """:func:`multi_krum` with validated f and m."""
+    f = check_count(f, "f", "multi_krum")
+    if m is not None:
+        m = check_count(m, "m", "multi_krum", minimum=1)
+    return RuleCall("multi_krum", _multi_krum, {"f": f, "m": m},
+                    min_rows=max(2 * f + 3, m or 0),
+                    requirement=f"n > 2f + 2 = {2 * f + 2}" + (f" and n ≥ m = {m}" if m else ""))
+
+
+def krum(updates: Tensor, f: int) -> Tensor:
+    """Krum (Blanchard et al., NeurIPS 2017, §4): the Δᵢ with the smallest score s(i).
+
+    s(i) = Σ_{i→j} ‖Δᵢ − Δⱼ‖², the sum over the n − f − 2 nearest neighbours of Δᵢ. Needs
+    n > 2f + 2 (ValueError otherwise). Exact score ties (e.g. two mutual nearest neighbours
+    when n − f − 2 = 1) go to the row with the smaller total distance to all rows, then to
+    the lower index, so the choice does not depend on the row order. Rows with
+    NaN/Inf are excluded (warning) and the condition is checked on the finite rows with f
+    unchanged. Distances: :func:`fedlib.aggregators.distances.pairwise_sq_distances`.
+    """
+    return krum_rule(f)(updates)[0]
+
+
+def multi_krum(updates: Tensor, f: int, m: int | None = None) -> Tensor:
+    """Multi-Krum (Blanchard et al. 2017): the mean of the m updates with the lowest Krum scores.
+
+    m defaults to n − f (m = 1 is Krum, m = n the mean); needs n > 2f + 2 and m ≤ n.
+    Ties are broken as in :func:`krum`.
+    Rows with NaN/Inf are excluded (warning); n counts the finite rows, f is unchanged.
+    """
+    return multi_krum_rule(f, m)(updates)[0]
+
+
+def bulyan_selection(dist: Tensor, f: int, theta: int) -> Tensor:
+    """(θ,) indices chosen by Bulyan's recursive Krum (El Mhamdi et al. 2018, Alg. 1, step 1).
+
+    Each step runs Krum on the rows not yet chosen and moves the winner to the selection.
+    The loop runs θ times over the (n, n) distance matrix only (cost independent of d). On
+    r remaining rows Krum sums over r − f − 2 neighbours; in the last steps, where that is
+    < 1 (possible for f ≤ 1), one neighbour is used. Exact ties (with one neighbour, the two
+    rows of the closest pair always tie) go to the row with the smaller total distance to
+    the remaining rows, as in :func:`krum`.
+    """
+    n = dist.shape[0]
+    off = dist.clone().fill_diagonal_(torch.inf)
+    taken = torch.zeros(n, dtype=torch.bool, device=dist.device)
+    chosen = []
+    for step in range(theta):
+        remaining = n - step
+        k = min(max(remaining - f - 2, 1), remaining - 1)
+        if k == 0:
+            best = (~taken).nonzero()[0, 0]
+        else:
+            scores = torch.topk(off, k, dim=1, largest=False).values.sum(dim=1)
+            best = lex_argmin(scores.masked_fill(taken, torch.inf), total_distance(dist, ~taken))
+        chosen.append(best.reshape(1))
+        taken[best] = True
+        off[:, best] = torch.inf
+    return torch.cat(chosen)
+
+
+def _bulyan(x: Tensor, f: int) -> tuple[Tensor, Tensor]:
+    n = x.shape[0]
+    theta = n - 2 * f
+    beta = theta - 2 * f
+    chosen = bulyan_selection(pairwise_sq_distances(x), f, theta)
+    value, slots = closest_to_median_mean(x[chosen], beta)
+    w = torch.zeros(n, dtype=x.dtype, device=x.device)
+    w[chosen] = slots / (beta * x.shape[1])
+    return value, w
+
+
+def bulyan_rule(f: int) -> RuleCall:
+    """:func:`bulyan` with a validated f."""
+    f = check_count(f, "f", "bulyan")
+    return RuleCall("bulyan", _bulyan, {"f": f}, min_rows=4 * f + 3,
+                    requirement=f"n ≥ 4f + 3 = {4 * f + 3}")
+
+
+def bulyan(updates: Tensor, f: int) -> Tensor:
+    """Bulyan (El Mhamdi et al., ICML 2018, Alg. 1) over Krum.
+
+    1. Recursive Krum picks θ = n − 2f updates (:func:`bulyan_selection`).
+    2. In each coordinate, average the β = θ − 2f picked values closest to their
+       coordinate-wise median (mean of the two middle values for even θ). Values tied at
+       the β-th distance share the remaining slots equally (their mean fills them).
+    Needs n ≥ 4f + 3 (ValueError otherwise). Rows with NaN/Inf are excluded (warning); n
+    counts the finite rows, f is unchanged.
+    """
+    return bulyan_rule(f)(updates)[0]
