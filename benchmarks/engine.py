@@ -68,9 +68,11 @@ def bench(name: str, n_clients: int, batch: int, repeats: int, device) -> dict[s
     times = {s: timed(lambda s=s: engine.local_sgd(task, start, batches, 0.01, s), repeats, device)
              for s in ("sequential", "vmap")}
     times["fused"] = timed(fused, repeats, device)
-    times["auto"] = timed(lambda: engine.local_sgd(task, start, batches, 0.01, "auto"), repeats, device)
+    times["auto"] = timed(lambda: engine.local_sgd(task, start, batches, 0.01, "auto"), repeats,
+                          device)
     x_eval = torch.rand(10000, 1, 28, 28, device=device)
-    times["eval 10k"] = timed(lambda: engine.predict_proba(task, theta, x_eval), max(1, repeats // 2), device)
+    times["eval 10k"] = timed(lambda: engine.predict_proba(task, theta, x_eval),
+                              max(1, repeats // 2), device)
     return times
 
 
@@ -91,7 +93,8 @@ def main() -> None:
         for k, v in rounds.items():
             print(f"  {k:<11} {v * 1000:9.1f} ms/round   {v / fastest:5.2f}× the fastest")
         print(f"  vmap vs sequential speed-up: {t['sequential'] / t['vmap']:.2f}×")
-        print(f"  evaluating 10,000 images: {t['eval 10k']:.2f} s = {t['eval 10k'] / t['auto']:.1f} rounds")
+        print(f"  evaluating 10,000 images: {t['eval 10k']:.2f} s = "
+              f"{t['eval 10k'] / t['auto']:.1f} rounds")
 
 
 if __name__ == "__main__":

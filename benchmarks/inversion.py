@@ -74,7 +74,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}, "
-          f"L2A CNN width {args.width}, B′ = {args.batch_size}; paper: {PAPER_RATE:.0f} it/s (P100)")
+          f"L2A CNN width {args.width}, B′ = {args.batch_size}; "
+          f"paper: {PAPER_RATE:.0f} it/s (P100)")
     if torch.cuda.is_available():
         print(f"GPU: {torch.cuda.get_device_name()}")
     print(f"{'device':<6} {'strategy':<8} {'restarts':>8} {'it/s':>9} {'restart-it/s':>13} "

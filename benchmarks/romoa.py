@@ -70,12 +70,13 @@ def main() -> None:
 
     # Real paths: each participant's `steps` SGD steps from θ on its own random batches.
     states = []
-    for i in range(n):
+    for _ in range(n):
         with torch.no_grad():
             for p, v in zip(model.parameters(), spec.unflatten(theta).values()):
                 p.copy_(v)
         for _ in range(args.steps):
-            xb.uniform_(); yb.random_(0, 10)
+            xb.uniform_()
+            yb.random_(0, 10)
             local_step()
         states.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
     updates = theta.unsqueeze(0) - torch.stack(states)

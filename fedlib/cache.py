@@ -99,7 +99,8 @@ def read_entry(entry: Path) -> Optional[Result]:
     except FileNotFoundError:
         return None
     except Exception as err:  # corrupt entry: recompute rather than trust it
-        warnings.warn(f"ignoring unreadable cache entry {entry}: {err}", RuntimeWarning)
+        warnings.warn(f"ignoring unreadable cache entry {entry}: {err}", RuntimeWarning,
+                      stacklevel=2)
         return None
     meta = dict(blob["meta"], cached=True)
     return Result(blob["config"], blob["history"], theta, meta)

@@ -345,7 +345,7 @@ class Federation:
         return self.aggregators[0] if self.batched_aggregator else self.aggregators[b]
 
     def _rule_for_attack(self, b: int) -> Any:
-        """Replica ``b``'s rule as a white-box attack may probe it: (n, d) calls, state untouched."""
+        """Replica ``b``'s rule for a white-box attack to probe: (n, d) calls, no state change."""
         agg = self._aggregator_of(b)
         if len(self.seeds) > 1 and self.batched_aggregator and hasattr(agg, "replica"):
             return agg.replica(b)

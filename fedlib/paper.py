@@ -78,7 +78,8 @@ from .runs import RunConfig
 __all__ = [
     "PAPER_DEFAULTS", "MODELS", "DEFENSES", "DEFENSE_LABELS", "ATTACKS", "TABLE1_GRID",
     "TPA_LABELS", "MOVING_RATES", "UPA_SPACES", "ROMOA_CHANGES", "moving_rate", "krum_f",
-    "defense_config", "attack_config", "romoa_setting", "error_rate", "error_curve", "defense_style", "table1_cells", "Claim", "check_claims",
+    "defense_config", "attack_config", "romoa_setting", "error_rate", "error_curve",
+    "defense_style", "table1_cells", "Claim", "check_claims",
 ]
 
 PAPER_DEFAULTS: dict[str, Any] = dict(protocol="romoa", tau=4, lr=0.001, batch_size=64,
@@ -150,7 +151,7 @@ def krum_f(n: int, adversaries: int) -> int:
 
 
 def moving_rate(n: int, value: Any = "1/n") -> float:
-    """The moving rate γ of Algorithm 2 line 11: ``"1/n"`` (the paper's printed γ), ``"1"`` or a float."""
+    """Moving rate γ of Algorithm 2 line 11: ``"1/n"`` (the printed γ), ``"1"`` or a float."""
     if isinstance(value, str):
         if value not in MOVING_RATES:
             raise ValueError(f"moving_rate must be one of {MOVING_RATES} or a number in (0, 1], "
@@ -236,7 +237,8 @@ def romoa_setting(dataset: str = "mnist", defense: str = "baseline", attack: str
     0..adversaries−1 malicious; none for ``attack="none"``, where ``adversaries`` still sets
     Krum's f; UPA crafts in ``upa_space``; TPA gets the moving rate), the moving rate γ
     (:func:`moving_rate`: ``"1/n"`` by default, ``"1"`` or a float) and ``romoa_options``
-    (Romoa defenses only), then applies ``profile_overrides`` — any other :class:`fedlib.runs.RunConfig`
+    (Romoa defenses only), then applies ``profile_overrides`` — any other
+    :class:`fedlib.runs.RunConfig`
     field (``rounds``, ``lr``, ``batch_size``, ``width``, ``eval_every``, ``eval_size``,
     ``train_size``, ``train_eval_size``, ``strategy``, ``partition``, ``seed``, ``model``…).
     The keys fixed by the arguments (dataset, n, defense, attack) cannot be overridden
@@ -278,7 +280,7 @@ def _history(result: Any) -> Mapping[str, Sequence[Any]]:
 
 
 def error_curve(result: Any, attack: str) -> list[float]:
-    """Romoa §2.2 error rate at every evaluation: 1 − accuracy (UPA, adaptive, none) or poison confidence (TPA)."""
+    """Romoa §2.2 error rate per evaluation: 1 − accuracy (UPA, adaptive, none), TPA: confidence."""
     h = _history(result)
     key = str(attack).lower()
     if key not in ATTACKS:
@@ -291,7 +293,7 @@ def error_curve(result: Any, attack: str) -> list[float]:
 
 
 def error_rate(result: Any, attack: str, last: int = 1) -> float:
-    """Romoa §2.2 error rate of a run: the mean of its last ``last`` evaluations (:func:`error_curve`)."""
+    """Romoa §2.2 error rate of a run: the mean of its last ``last`` evaluations (error_curve)."""
     if not isinstance(last, int) or last < 1:
         raise ValueError(f"last must be a positive integer, got {last!r}")
     curve = error_curve(result, attack)

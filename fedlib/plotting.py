@@ -10,7 +10,7 @@ import matplotlib
 if not os.environ.get("DISPLAY") and "ipykernel" not in os.environ.get("MPLBACKEND", ""):
     matplotlib.use(os.environ.get("MPLBACKEND", "Agg") or "Agg", force=False)
 
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402, F401 (pyplot registers the backend)
 
 PALETTE = {"baseline": "#444444", "mean": "#444444", "romoa": "#d62728", "rfa": "#1f77b4",
            "krum": "#2ca02c", "median": "#9467bd", "trimmed_mean": "#8c564b",

@@ -40,7 +40,8 @@ def test_client_batches_do_not_depend_on_who_else_is_sampled():
     a = engine.sample_batches(task, [1, 2], round=3, steps=2, batch_size=8, seed=0)
     b = engine.sample_batches(task, [0, 2, 3], round=3, steps=2, batch_size=8, seed=0)
     assert torch.equal(a[1], b[1])
-    assert not torch.equal(a[0], engine.sample_batches(task, [1], round=4, steps=2, batch_size=8, seed=0)[0])
+    other = engine.sample_batches(task, [1], round=4, steps=2, batch_size=8, seed=0)
+    assert not torch.equal(a[0], other[0])
     own = set(task.clients[2].tolist())
     assert set(b[1].flatten().tolist()) <= own
     assert len(set(b[1, 0].tolist())) == 8  # without replacement when the client has enough

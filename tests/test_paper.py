@@ -83,8 +83,8 @@ def test_paper_defaults():
     assert t1["aggregator_params"] == {"f": 8} and t1["num_attackers"] == 9
     tpa = paper.romoa_setting(attack="tpa", profile_overrides={"tau": 5})
     assert tpa["attack_params"] == {"source": 6, "poison": 3, "moving_rate": 0.1}
-    assert "moving_rate" not in paper.romoa_setting(attack="tpa", profile_overrides={"protocol": "sync"}
-                                                    )["attack_params"]
+    sync = paper.romoa_setting(attack="tpa", profile_overrides={"protocol": "sync"})
+    assert "moving_rate" not in sync["attack_params"]
     none = paper.romoa_setting(defense="krum", attack="none", adversaries=2)
     assert none["num_attackers"] == 0 and none["aggregator_params"] == {"f": 2}
 
@@ -214,7 +214,8 @@ def _parameters(stem: str, profile: str) -> dict:
 
 RUN_KEYS = ("datasets", "width", "rounds", "lr", "batch_size", "tau", "eval_every", "eval_size",
             "train_size", "train_eval_size", "strategy", "seeds", "moving_rate")
-EXTRA_KEYS = {"romoa_fig5_upa_error": ("upa_space", "attacks"), "romoa_fig6_tpa_confidence": ("tpa_boost",)}
+EXTRA_KEYS = {"romoa_fig5_upa_error": ("upa_space", "attacks"),
+              "romoa_fig6_tpa_confidence": ("tpa_boost",)}
 
 
 @pytest.mark.parametrize("profile", ["smoke", "paper"])

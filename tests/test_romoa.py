@@ -257,7 +257,8 @@ def test_eq8_10_generating_functions_by_hand():
     # cluster penalty: members of the majority cluster 0, the others −(|m − c|/h − 1)⁺
     member = torch.tensor([True, True, False])
     h = torch.tensor(0.25, dtype=torch.float64)
-    torch.testing.assert_close(generating_function(m, c, "cluster_penalty", member=member, bandwidth=h),
+    torch.testing.assert_close(generating_function(m, c, "cluster_penalty", member=member,
+                                                   bandwidth=h),
                                torch.tensor([0.0, 0.0, -3.0], dtype=torch.float64))
     s = torch.tensor(0.05, dtype=torch.float64)
     # standardized: (|m − c| − 2s)⁺/s = (0, 0, 0.9)/0.05
@@ -637,7 +638,8 @@ def test_presets_are_made_of_the_named_options():
     for t in range(3):
         x = honest_round(torch.ones(spec.dim), 5, 0.3, gen)
         x[0] *= -3.0
-        torch.testing.assert_close(built(x, ctx_for(spec, theta, t)), cal(x, ctx_for(spec, theta, t)))
+        ctx = ctx_for(spec, theta, t)
+        torch.testing.assert_close(built(x, ctx), cal(x, ctx))
 
 
 @pytest.mark.parametrize("reading", ["literal", "calibrated"])

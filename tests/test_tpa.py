@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from fedlib import attacks, data, engine, models, paper, runs
+from fedlib import attacks, data, engine, models, paper
 from fedlib.context import AttackContext
 from fedlib.flat import ParamSpec
 

@@ -17,6 +17,11 @@ tailored attack for any rule, Romoa included:
   lookahead uploads build up. Other stateful rules are queried on a deep copy; the server's
   state is never changed.
 
+Against rules the attackers cannot evaluate without the server's private side information
+(FLTrust's root set, weighted FedAvg's client weights) the objective is computed on the plain
+mean instead: the search degrades to a Min-Max-like deviation (use ``fltrust_adaptive`` for
+the attack tailored to FLTrust).
+
 Knowledge: full (the benign uploads of the round and the aggregator). The rows handed to the
 aggregator are the m malicious uploads first, then the benign ones — the order of
 :mod:`fedlib.paper`'s settings (participants 0..m−1 are the adversaries); a rule whose state
@@ -49,7 +54,22 @@ def directed_aggregate_deviation(aggregate: Tensor, direction: Tensor) -> float:
 
 
 def query_rule(aggregator: Any, updates: Tensor, ctx: RoundContext) -> Tensor:
-    """The aggregate ``aggregator`` would return for ``updates``, leaving its state as it was."""
+    """The aggregate ``aggregator`` would return for ``updates``, leaving its state as it was.
+
+    A rule that needs side information the attackers do not hold — FLTrust's root-set update,
+    weighted FedAvg's client ids — cannot be queried (it raises ValueError); the search then
+    scores candidates by the plain mean of the uploads instead (a surrogate, see
+    :class:`RuleSearch`)."""
+    try:
+        return _query(aggregator, updates, ctx)
+    except ValueError:
+        if getattr(aggregator, "needs_server_update", False) or \
+                getattr(aggregator, "name", "") == "weighted_mean":
+            return updates.mean(0)
+        raise
+
+
+def _query(aggregator: Any, updates: Tensor, ctx: RoundContext) -> Tensor:
     preview = getattr(aggregator, "preview", None)
     if callable(preview):
         return preview(updates, ctx)[0]

@@ -4,7 +4,8 @@
   centroid of its parameter (``"signed"``, as printed), or the *cluster penalty*, a different
   generating function that the paper does not print (the ``"calibrated"`` preset's choice):
   f = 0 inside the majority cluster and −(|m − c| − h)⁺/h outside it (``"cluster_penalty"``),
-  how far beyond the majority cluster's reach, in units of the mean-shift bandwidth h. (``"standardized"``,
+  how far beyond the majority cluster's reach, in units of the mean-shift bandwidth h.
+  (``"standardized"``,
   −max(0, |m − c| − κs)/s in units of the robust spread s = 1.4826·MAD, is an alternative.)
 * Eq. 11, first line: the minimum of the three generating functions is the representative.
 * Eq. 11, second line: F_t = β·softmax_i(F) + (1 − β)·F_{t−1}, the softmax taken over the
@@ -30,7 +31,8 @@ def generating_function(measure: Tensor, centroid: Tensor, mode: str = "signed",
     """Eqs. 8–10 for a measurement m with centroid c (all arguments broadcast together).
 
     * ``"signed"`` (as printed): f = m − c.
-    * ``"cluster_penalty"`` (not printed; the ``"calibrated"`` preset's choice): f = 0 for a participant whose measurement lies in the
+    * ``"cluster_penalty"`` (not printed; the ``"calibrated"`` preset's choice): f = 0 for a
+      participant whose measurement lies in the
       majority cluster (``member``), else −max(0, |m − c| − h)/h with h the mean-shift
       ``bandwidth``: how far beyond the cluster's reach, in bandwidths.
     * ``"standardized"``: f = −max(0, |m − c| − κ·s)/s, with s the robust spread ``scale``

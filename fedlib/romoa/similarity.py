@@ -74,7 +74,8 @@ def selection_threshold(magnitude: Tensor, ratio: float) -> Tensor:
 def parameter_selection(magnitude: Tensor, ratio: float) -> Tensor:
     """Eq. 4: the union over participants of each one's top-``ratio`` entries by magnitude.
 
-    ``magnitude`` is (n, d): |θᵢ_t'| (``selection="parameter"``) or |θᵢ_t' − θ̄_t| (``"path"``). Returns
+    ``magnitude`` is (n, d): |θᵢ_t'| (``selection="parameter"``) or |θᵢ_t' − θ̄_t|
+    (``"path"``). Returns
     a (d,) bool mask U. Entries tied with a participant's threshold are all selected; an entry
     of magnitude 0 is never selected (it is not a "high absolute value"), so a participant
     with fewer than k non-zero entries selects only those.
@@ -84,7 +85,8 @@ def parameter_selection(magnitude: Tensor, ratio: float) -> Tensor:
 
 def lookahead_selection(deltas: Tensor, ratio: float, theta: Optional[Tensor] = None) -> Tensor:
     """Eq. 4 straight from the uploads Δᵢ = θ̄_t − θᵢ_t' (n, d): ranks |θ̄_t − Δᵢ| = |θᵢ_t'|
-    when ``theta`` = θ̄_t is given (``selection="parameter"``), else |Δᵢ| = |θᵢ_t' − θ̄_t| (``"path"``).
+    when ``theta`` = θ̄_t is given (``selection="parameter"``), else |Δᵢ| = |θᵢ_t' − θ̄_t|
+    (``"path"``).
 
     The same mask as :func:`parameter_selection` of those magnitudes; on a CPU the
     magnitudes are formed row by row inside the selection threads (no (n, d) temporary).
@@ -168,7 +170,7 @@ def layer_moments(paths: Tensor, aggregate: Tensor, layers: Layers,
 
 
 def selected_cosine(moments: LayerMoments) -> Tensor:
-    """Eq. 5 with ``elementwise="cosine"``: the cosine of aᵢ and ā restricted to the selected set U, (n,)."""
+    """Eq. 5 with ``elementwise="cosine"``: the cosine of aᵢ and ā on the selected set U, (n,)."""
     if moments.sel_dot is None:
         raise ValueError("selected_cosine needs moments computed with a selection mask")
     den = torch.sqrt(moments.sel_sq * moments.agg_sel_sq)
