@@ -726,8 +726,6 @@ def test_f_per_call_equals_a_fixed_f(name, extra):
 def test_f_per_call_validation_names_the_replica():
     a = agg.get("krum", f="per_call")
     x = torch.randn(3, 7, 2)
-    with pytest.raises(ValueError, match=r"n > 2f \+ 2.*replica 1"):
-        a(x, ctx_f(torch.tensor([1, 3, 0])))  # n = 7 ≤ 2·3 + 2
     with pytest.raises(ValueError, match="num_malicious"):
         a(x)  # no context
     with pytest.raises(ValueError, match="num_malicious"):
@@ -739,11 +737,23 @@ def test_f_per_call_validation_names_the_replica():
     with pytest.raises(ValueError):
         a(x, ctx_f(torch.tensor([1.0, 1.0, 1.0])))  # not integer
     with pytest.raises(ValueError, match=r"n ≥ 4f \+ 3"):
-        agg.get("bulyan", f="per_call")(torch.randn(6, 2), ctx_f(1))
+        agg.get("bulyan", f="per_call")(torch.randn(2, 2), ctx_f(1))   # not even f = 0 fits
     with pytest.raises(ValueError, match="per_call"):
         agg.get("krum", f="each_call")
     with pytest.raises(ValueError):
         agg.get("multi_krum", f="per_call", m=0)
+
+
+def test_f_per_call_caps_a_count_the_rule_cannot_tolerate():
+    x = torch.randn(3, 7, 2, dtype=F64)
+    out = agg.get("krum", f="per_call")(x, ctx_f(torch.tensor([1, 3, 0])))  # n = 7 ≤ 2·3 + 2
+    for b, f in enumerate([1, 2, 0]):                                      # 3 → the largest valid, 2
+        assert torch.equal(out[b], agg.get("krum", f=f)(x[b]))
+    y = torch.randn(6, 2, dtype=F64)
+    assert torch.equal(agg.get("bulyan", f="per_call")(y, ctx_f(1)), agg.get("bulyan", f=0)(y))
+    z = torch.randn(10, 3, dtype=F64)
+    assert torch.equal(agg.get("trimmed_mean", f="per_call")(z, ctx_f(7)),
+                       agg.get("trimmed_mean", f=4)(z))
 
 
 @pytest.mark.parametrize("scale", [1e-25, 1e-35])

@@ -284,3 +284,20 @@ def test_vecenv_equals_a_loop_of_envs(kw):
                                                rtol=1e-5, atol=1e-6)
                 o, _ = e.reset()
             obs_e[i] = o
+
+
+def test_a_destroyed_simulated_model_keeps_rewards_and_observations_finite(monkeypatch):
+    from fedlib.rl import sim as simmod
+    original = simmod.Simulator.craft
+
+    def huge(self, rows, actions):               # finite uploads that overflow the model
+        crafted, info = original(self, rows, actions)
+        return torch.full_like(crafted, 3e38), info
+
+    monkeypatch.setattr(simmod.Simulator, "craft", huge)
+    env = PoisoningEnv(cfg(aggregator="mean", num_attackers=40, horizon=8))
+    steps = run(env, [np.ones(28, dtype=np.float32)] * 8)
+    rewards = [r for _, r, _ in steps[1:]]
+    assert all(np.isfinite(rewards)) and max(rewards) > 0
+    assert all(np.isfinite(obs["last_layer"]).all() for obs, _, _ in steps)
+    assert torch.isfinite(env.sim.theta).all()

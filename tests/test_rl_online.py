@@ -1,6 +1,7 @@
 """L2A's online RL attack (``attacks.get("rl")``): schedule, phases, variants, threat model."""
 
 import dataclasses
+import types
 
 import numpy as np
 import pytest
@@ -315,3 +316,19 @@ def test_integration_real_td3_on_the_synthetic_set():
         assert 0.0 <= r["gamma"] <= 10.0 and 0 <= r["E"] <= 20
         assert all(-1.0 <= a <= 1.0 for a in r["action"])
     assert torch.isfinite(fed.theta).all()
+
+
+def test_a_warm_started_refresh_learns_from_its_first_step(monkeypatch):
+    from fedlib.rl import online, train
+    seen = []
+
+    def fake(env_config, steps, seed, **kw):
+        seen.append(kw.get("algo_kwargs"))
+        return types.SimpleNamespace(policy=None, num_timesteps=steps)
+
+    monkeypatch.setattr(train, "train_policy", fake)
+    online.train_refresh(None, steps=10, seed=0)                       # the first policy
+    online.train_refresh(None, steps=10, seed=0, init=types.SimpleNamespace(num_timesteps=10))
+    online.train_refresh(None, steps=10, seed=0, init=types.SimpleNamespace(num_timesteps=20),
+                         algo_kwargs={"learning_starts": 5})
+    assert seen == [None, {"learning_starts": 0}, {"learning_starts": 5}]

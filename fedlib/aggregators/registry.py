@@ -183,7 +183,10 @@ class PerCallF(Aggregator):
 
     ``ctx.num_malicious`` is an int (every replica) or a (B,) integer tensor (one f per
     replica; replicas sharing an f run as one batch, a loop over the distinct values).
-    Each f is validated as a fixed f would be (e.g. Krum: n > 2f + 2), naming the replica.
+    A count the rule cannot tolerate with n uploads (Krum: n > 2f + 2, trimmed mean: n > 2f,
+    Bulyan: n ≥ 4f + 3) is capped at the largest f it accepts: with 10 uploads and 4 sampled
+    attackers Krum runs with f = 3, as the attackers' simulator of L2A does. Negative or
+    non-integer counts are errors naming the replica.
     """
 
     def __init__(self, name: str, build: Callable[[int], RuleCall]) -> None:
@@ -225,14 +228,18 @@ class PerCallF(Aggregator):
         return value.reshape(*lead, d), w.reshape(*lead, n)
 
     def _rule(self, f: int, n: int, replica: int | None) -> RuleCall:
+        """The rule for f = min(ctx.num_malicious, the largest f it accepts with n uploads)."""
         where = "" if replica is None else f" in replica {replica}"
         try:
             rule = self.build(check_count(f, "f (ctx.num_malicious)", self.name))
         except ValueError as err:
             raise ValueError(f"{err}{where}") from None
+        while n < rule.min_rows and f > 0:     # more attackers than the rule tolerates: cap f
+            f -= 1
+            rule = self.build(f)
         if n < rule.min_rows:
-            raise ValueError(f"{self.name} needs {rule.requirement} with f = {f} from "
-                             f"ctx.num_malicious; got n={n}{where}")
+            raise ValueError(f"{self.name} needs {rule.requirement} with f = {f}; "
+                             f"got n={n}{where}")
         return rule
 
     def __repr__(self) -> str:

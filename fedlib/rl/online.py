@@ -114,6 +114,10 @@ def train_refresh(env_config: EnvConfig, steps: int, seed: int, init: Any = None
         def _on_step(self) -> bool:
             return True
 
+    if init is not None and kw.get("algo", "td3") == "td3":
+        # a warm-started learner has started already: a refresh of a few hundred steps must
+        # not spend them all waiting for TD3's learning_starts before its first update
+        kw["algo_kwargs"] = {"learning_starts": 0, **(kw.get("algo_kwargs") or {})}
     policy = train_policy(env_config, steps=steps, seed=seed, checkpoint_every=steps,
                           callback=_WarmStart(), **kw)
     policy.num_timesteps = steps + int(getattr(init, "num_timesteps", 0) or 0)

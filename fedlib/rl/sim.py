@@ -8,7 +8,9 @@ Each replica is one episode of the MDP of §4.1. Per round t of replica b:
    i.i.d. (with replacement) from P̃ and uploads Δ = θ_t − θ';
 3. each sampled attacker uploads the crafted update (:mod:`fedlib.rl.actions`; one update shared
    by all m of them, §4.3: π₁ = … = π_M);
-4. the server sets θ_{t+1} = θ_t − Aggr(Δ), its rule and parameters simulated exactly; for the
+4. the server sets θ_{t+1} = θ_t − Aggr(Δ), its rule and parameters simulated exactly (a
+   non-finite upload counts as a zero update, and an aggregate that would make θ non-finite is
+   not applied: a simulated episode never dies of overflow); for the
    count-dependent rules (Krum, multi-Krum, trimmed mean, Bulyan) with ``f="sampled"`` the rule
    gets f = m, the number of attackers actually sampled this round, capped at the largest f the
    rule accepts with w uploads (the attackers know m, §4.4, and the authors' code passing the
@@ -32,6 +34,10 @@ from ..context import RoundContext
 from ..engine import seed_for
 from . import actions as act
 from .config import COUNT_RULES, EnvConfig
+
+
+LOSS_CAP = 1e4
+"""The held-out loss of a destroyed model (non-finite logits), so that rewards stay finite."""
 
 
 def max_f(rule: str, n: int, params: dict) -> int:
@@ -165,10 +171,13 @@ class Simulator:
 
     @torch.no_grad()
     def holdout_loss(self, theta: Tensor) -> Tensor:
-        """(n,) f(θ): the cross-entropy of each model on the attackers' held-out data (§4.1)."""
+        """(n,) f(θ): the cross-entropy of each model on the attackers' held-out data (§4.1),
+        capped at :data:`LOSS_CAP` (a model whose logits overflow has an infinite or NaN loss:
+        the attack has destroyed it, and the reward must stay finite)."""
         n = theta.shape[0]
-        return act.row_losses(self.forward, theta, self.hx.expand(n, *self.hx.shape),
+        loss = act.row_losses(self.forward, theta, self.hx.expand(n, *self.hx.shape),
                               self.hy.expand(n, -1))
+        return torch.nan_to_num(loss, nan=LOSS_CAP, posinf=LOSS_CAP).clamp(max=LOSS_CAP)
 
     def server_update(self, theta: Tensor) -> Tensor:
         """FLTrust's Δ₀ = η·∇F₀(θ) (R, d) on the root data (L2A App. E.1, as the real server)."""
@@ -224,8 +233,11 @@ class Simulator:
             full[att] = crafted.to(ups.dtype)
             ups[mal] = full[mal.nonzero()[:, 0]]              # every attacker sends the update
         theta = self.theta[rows]
-        agg = self._aggregate(rows, ups, theta, ids, ms)
-        self.theta[rows] = theta - agg
+        ups = torch.nan_to_num(ups, nan=0.0, posinf=0.0, neginf=0.0) \
+            if not bool(torch.isfinite(ups).all()) else ups       # a broken client sends nothing
+        new = theta - self._aggregate(rows, ups, theta, ids, ms)
+        keep = torch.isfinite(new).all(dim=1, keepdim=True)       # a server keeps a finite model
+        self.theta[rows] = torch.where(keep, new, theta)
         where = {i: j for j, i in enumerate(att)}
         for i, b in enumerate(rows):
             m = int(ms[i])
