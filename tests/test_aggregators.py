@@ -747,7 +747,7 @@ def test_f_per_call_validation_names_the_replica():
 def test_f_per_call_caps_a_count_the_rule_cannot_tolerate():
     x = torch.randn(3, 7, 2, dtype=F64)
     out = agg.get("krum", f="per_call")(x, ctx_f(torch.tensor([1, 3, 0])))  # n = 7 ≤ 2·3 + 2
-    for b, f in enumerate([1, 2, 0]):                                      # 3 → the largest valid, 2
+    for b, f in enumerate([1, 2, 0]):                          # 3 → the largest valid, 2
         assert torch.equal(out[b], agg.get("krum", f=f)(x[b]))
     y = torch.randn(6, 2, dtype=F64)
     assert torch.equal(agg.get("bulyan", f="per_call")(y, ctx_f(1)), agg.get("bulyan", f=0)(y))

@@ -16,11 +16,14 @@ SMALL = dict(rounds=4, eval_every=2, eval_size=50, width=0.125)
 # ------------------------------------------------------------------ defenses and attacks
 def test_defense_mapping():
     assert paper.defense_config("baseline") == {"aggregator": "mean", "aggregator_params": {}}
-    assert paper.defense_config("rfa") == {"aggregator": "geometric_median", "aggregator_params": {}}
+    assert paper.defense_config("rfa") == {"aggregator": "geometric_median",
+                                           "aggregator_params": {}}
     assert paper.defense_config("romoa-literal") == {"aggregator": "romoa",
                                                      "aggregator_params": {"reading": "literal"}}
-    assert paper.defense_config("romoa-calibrated")["aggregator_params"] == {"reading": "calibrated"}
-    assert paper.defense_config("krum", 10, 1) == {"aggregator": "krum", "aggregator_params": {"f": 1}}
+    calibrated = paper.defense_config("romoa-calibrated")["aggregator_params"]
+    assert calibrated == {"reading": "calibrated"}
+    assert paper.defense_config("krum", 10, 1) == {"aggregator": "krum",
+                                                   "aggregator_params": {"f": 1}}
     # aliases give the very same config (same cache key)
     assert paper.defense_config("mean") == paper.defense_config("baseline")
     assert paper.defense_config("romoa") == paper.defense_config("romoa-literal")
@@ -47,7 +50,8 @@ def test_krum_f_rejects_impossible():
 
 
 def test_attack_mapping():
-    assert paper.attack_config("none") == {"attack": "none", "attack_params": {}, "num_attackers": 0}
+    assert paper.attack_config("none") == {"attack": "none", "attack_params": {},
+                                           "num_attackers": 0}
     assert paper.attack_config("upa", "mnist", 3) == {"attack": "upa",
                                                       "attack_params": {"space": "update"},
                                                       "num_attackers": 3}
@@ -219,12 +223,14 @@ EXTRA_KEYS = {"romoa_fig5_upa_error": ("upa_space", "attacks"),
 
 
 @pytest.mark.parametrize("profile", ["smoke", "paper"])
-@pytest.mark.parametrize("first, second", [("romoa_fig5_upa_error", "romoa_fig7_upa_accuracy"),
-                                           ("romoa_fig6_tpa_confidence", "romoa_fig8_tpa_accuracy")])
+@pytest.mark.parametrize("first, second", [
+    ("romoa_fig5_upa_error", "romoa_fig7_upa_accuracy"),
+    ("romoa_fig6_tpa_confidence", "romoa_fig8_tpa_accuracy")])
 def test_paired_figures_share_their_runs(first, second, profile):
     a, b = _parameters(first, profile), _parameters(second, profile)
     for k in RUN_KEYS + EXTRA_KEYS[first]:
-        assert a[k] == b[k], f"{first} and {second} differ in {k!r} ({profile}): {a[k]!r} vs {b[k]!r}"
+        assert a[k] == b[k], \
+            f"{first} and {second} differ in {k!r} ({profile}): {a[k]!r} vs {b[k]!r}"
 
 
 @pytest.mark.parametrize("profile", ["smoke", "paper"])
@@ -246,7 +252,8 @@ def test_table1_runs_the_figure_settings(profile):
     if short:
         assert set(t1["rounds_at_n"]) == {10, 20}
         assert all(r < t1["rounds"] for r in t1["rounds_at_n"].values())
-        assert t1["rounds_at_n"][20] % t1["eval_every"] == 0 == t1["rounds_at_n"][10] % t1["eval_every"]
+        every = t1["eval_every"]
+        assert t1["rounds_at_n"][20] % every == 0 == t1["rounds_at_n"][10] % every
     else:
         assert t1["rounds_at_n"] == {} and t1["workers"] == 1
 
@@ -256,7 +263,8 @@ def test_check_claims_prints_contradictions_and_asserts_enforced(capsys):
     soft = paper.Claim("RFA beats Krum", False, "0.30 > 0.10", enforce=False)
     lines = paper.check_claims([ok, soft])
     out = capsys.readouterr().out
-    assert lines[0].startswith("OK") and "PAPER SAYS RFA beats Krum, OUR RUN SHOWS 0.30 > 0.10" in out
+    assert lines[0].startswith("OK")
+    assert "PAPER SAYS RFA beats Krum, OUR RUN SHOWS 0.30 > 0.10" in out
     hard = paper.Claim("Krum is broken", False, "err 0.05")
     with pytest.raises(AssertionError, match="Krum is broken"):
         paper.check_claims([hard, soft])
