@@ -14,7 +14,7 @@ NumPy: np.median, np.sort, a Gram matrix, plain loops for the iterations), their
 (> 1: torch faster), and the largest difference between the two outputs (float32 inputs).
 Goal: every rule at n = 100, d = 1e6 well under one second on a 2-core CPU. On a machine
 whose cores are busy with other work, torch's two OpenMP threads can stall each other at
-every parallel region (seen: 30× slower at small sizes); time with ``--threads 1`` there,
+every parallel region (``RESULTS.md``); time with ``--threads 1`` there,
 or when it is quiet.
 
 ``--versus-torch`` times Krum, multi-Krum and the geometric median against straightforward

@@ -192,8 +192,8 @@ def run_many(configs: Sequence[dict | RunConfig], *, workers: int = 1, replicas:
     * ``backend``: "local" (this machine) or "ray" (one Ray task per run); None picks "ray" when
       ``$FEDLIB_BACKEND`` is "ray" or ``$RAY_ADDRESS`` is set, else "local".
     * ``workers`` > 1 (local): in that many processes with one torch thread each (small models do
-      not use two CPU cores well within one run: about 1.3× with 2 workers on 2 cores for the
-      Romoa smoke grid). Results depend on — and are cached under — one thread per run (see
+      not use two CPU cores well within one run; ``benchmarks/RESULTS.md``). Results
+      depend on — and are cached under — one thread per run (see
       :func:`config_key`): they reproduce themselves bit for bit, but not ``run(c)`` with two
       threads. The workers are plain ``python -c`` subprocesses (no multiprocessing: safe from a
       script without a ``__main__`` guard, or from a notebook). Other devices ignore ``workers``.

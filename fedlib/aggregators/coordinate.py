@@ -28,9 +28,9 @@ def sort_columns(x: Tensor) -> Tensor:
     """A copy of x (..., n, d) with every column sorted in increasing order.
 
     On CPU (float32/float64, no autograd) this is ``numpy.sort`` along axis 0, whose SIMD
-    sorting networks (x86-simd-sort) sort 10⁶ columns of 100 values in ≈ 0.3 s on one core,
-    5–10× faster than ``torch.sort``/``torch.kthvalue`` along dim 0 there; elsewhere
-    ``torch.sort``. Returns a tensor on x's device.
+    sorting networks (x86-simd-sort) are much faster than ``torch.sort``/``torch.kthvalue``
+    along dim 0 there (``benchmarks/RESULTS.md``); elsewhere ``torch.sort``. Returns a
+    tensor on x's device.
     """
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) \
             and not x.requires_grad:
@@ -45,7 +45,7 @@ def blockwise(fn: Callable[[slice], tuple[Tensor, Tensor | None]],
 
     Cache blocking, not a loop over coordinates: each call is vectorised over its block.
     On CPU the blocks' temporaries stay in cache and reuse allocator memory instead of
-    page-faulting fresh (n, d) buffers (≈ 1.5× less CPU time at n = 100, d = 10⁶). On
+    page-faulting fresh (n, d) buffers (less CPU time; ``benchmarks/RESULTS.md``). On
     other devices there is a single block. The block width depends on n only, so every
     replica of a batch adds its per-row sums in the same order as a separate call.
     """

@@ -48,7 +48,6 @@ with this attack is not checkpointed: ``fedlib.runs`` warns once and runs on wit
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -57,14 +56,14 @@ from torch import Tensor
 
 from .. import data as fdata
 from .. import models
-from ..attacks.base import (Attack, aggregator_name, check_finite_output, repeat_rows,
+from ..attacks.base import (Attack, check_finite_output, repeat_rows,
                             stealth_at, stealth_mix)
 from ..context import AttackContext
 from ..engine import seed_for
-from ..flat import ParamSpec
-from .config import COUNT_RULES, SUPPORTED_RULES, EnvConfig
+from .config import EnvConfig
 from .env import row_obs
 from .sim import Simulator, scale_last_layer
+from .simulated import infer_model, simulated_rule
 
 __all__ = ["OnlineRL", "scheduled_steps", "train_refresh", "DISTRIBUTIONS", "ROOT_KNOWLEDGE"]
 
@@ -122,44 +121,6 @@ def train_refresh(env_config: EnvConfig, steps: int, seed: int, init: Any = None
                           callback=_WarmStart(), **kw)
     policy.num_timesteps = steps + int(getattr(init, "num_timesteps", 0) or 0)
     return policy
-
-
-def infer_model(spec: ParamSpec, sample_shape: tuple[int, ...], width: float = 1.0) -> str:
-    """The ``fedlib.models`` name whose parameters at ``width`` match ``spec`` (else ValueError)."""
-    classes = int(spec.shapes[-1][0])
-    for name in models.available():
-        if tuple(models.input_shape(name)) != tuple(sample_shape):
-            continue
-        try:
-            built = ParamSpec.of(models.build(name, num_classes=classes, width=width))
-        except ValueError:
-            continue
-        if built == spec:
-            return name
-    raise ValueError("the RL attack cannot tell which fedlib model the federation trains; pass "
-                     "attack_params model=<fedlib.models name> and width=<the run's width>")
-
-
-def simulated_rule(aggregator: Any, override: Optional[str] = None,
-                   override_params: Optional[dict] = None) -> tuple[str, dict]:
-    """The rule and parameters the attackers simulate (white-box, L2A §3; module docstring)."""
-    if override is not None:
-        return str(override).lower(), dict(override_params or {})
-    name = aggregator_name(aggregator)
-    name = "geometric_median" if name == "rfa" else name
-    if name not in SUPPORTED_RULES:
-        warnings.warn(f"the RL attack's simulator does not model rule {name!r}; it simulates the "
-                      "mean instead (pass attack_params rule=... to choose)", RuntimeWarning,
-                      stacklevel=3)
-        return "mean", {}
-    params = dict(getattr(getattr(aggregator, "rule", None), "params", None) or {})
-    if name in COUNT_RULES and "f" not in params:
-        params["f"] = "sampled"                       # built with f="per_call"
-    if name == "multi_krum" and params.get("m") is None:
-        params.pop("m", None)
-    if name == "fltrust":
-        params = {}
-    return name, params
 
 
 class OnlineRL(Attack):

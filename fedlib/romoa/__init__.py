@@ -100,9 +100,11 @@ constant on a layer (one mean shift per layer is exact for all its parameters), 
 calibrated Eq. 5 is one value per participant, and the literal Eq. 5 takes values in
 {−1, 0, 1}, so its mean shift depends only on the count pattern (n₋, n₀, n₊) and is
 tabulated once for the (n + 1)² patterns (:func:`fedlib.romoa.meanshift.sign_pattern_table`).
-``benchmarks/romoa.py`` compares one server iteration with one participant's local SGD step:
-0.8–0.9× (lookahead iteration) and 0.85–1.0× (sync point, with the sanitized aggregation)
-with 2 threads, 0.7–0.85× with 1 thread, on the shared 2-core CPU (``benchmarks/RESULTS.md``).
+``benchmarks/romoa.py`` compares one server iteration with one participant's local SGD step
+(the budget: no more than one step; measurements in ``benchmarks/RESULTS.md``). The code is
+split by topic: :mod:`~fedlib.romoa.options` (the named options and presets),
+:mod:`~fedlib.romoa.sanitizing` (Eq. 5 on U and Eq. 11 as the aggregator runs them, in
+place), :mod:`~fedlib.romoa.reporting` (:meth:`Romoa.report`).
 
 Memory: F is stored densely, (n, d) in the updates' dtype.
 """

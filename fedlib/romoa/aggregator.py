@@ -9,41 +9,19 @@ import time
 import warnings
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from . import factors as fac
 from . import meanshift as ms
+from . import sanitizing as san
 from . import similarity as sim
-
-READINGS = {
-    "literal": dict(selection="parameter", elementwise="sign", pearson="printed",
-                    generating="signed"),
-    "calibrated": dict(selection="path", elementwise="cosine", pearson="centered",
-                       generating="cluster_penalty"),
-}
-READING_BANDWIDTH = {"literal": "auto", "calibrated": "robust"}
-CHOICES = dict(selection=("parameter", "path"), elementwise=("sign", "cosine"),
-               pearson=("printed", "centered"), generating=fac.GENERATING,
-               centroid=("majority", "own"), kernel=ms.KERNELS, layers=("module", "tensor"))
+from .options import CHOICES, READING_BANDWIDTH, READINGS  # noqa: F401  (re-exported)
+from .options import check_numbers, resolve_bandwidth, resolve_options
+from .reporting import RomoaReport
 
 
-def _indices(mask: Tensor) -> Tensor:
-    """The sorted indices of a (d,) bool mask (NumPy's is about twice as fast on a CPU)."""
-    if mask.device.type == "cpu":
-        return torch.from_numpy(np.flatnonzero(mask.numpy()))
-    return mask.nonzero().squeeze(1)
-
-
-def _columns(x: Tensor, idx: Tensor) -> Tensor:
-    """x[:, idx] for an (n, d) matrix (NumPy's gather is about twice as fast on a CPU)."""
-    if x.device.type == "cpu":
-        return torch.from_numpy(x.numpy()[:, idx.numpy()])
-    return x.index_select(1, idx)
-
-
-class Romoa:
+class Romoa(RomoaReport):
     """Romoa (Mao et al., 2021): lookahead similarity → mean shift → sanitizing factors.
 
     ``Romoa(reading="literal" | "calibrated", **options)`` is an engine aggregator:
@@ -108,36 +86,11 @@ class Romoa:
                  selection: Optional[str] = None, elementwise: Optional[str] = None,
                  pearson: Optional[str] = None, generating: Optional[str] = None,
                  report_samples: int = 64):
-        if reading not in READINGS:
-            raise ValueError(f"reading must be one of {tuple(READINGS)}, got {reading!r}")
-        opts = dict(READINGS[reading])
-        for key, val in dict(selection=selection, elementwise=elementwise, pearson=pearson,
-                             generating=generating).items():
-            if val is not None:
-                opts[key] = val
-        opts.update(centroid=centroid, kernel=kernel, layers=layers)
-        for key, val in opts.items():
-            if val not in CHOICES[key]:
-                raise ValueError(f"{key} must be one of {CHOICES[key]}, got {val!r}")
-        if selection_ratio is not None and not (isinstance(selection_ratio, (int, float))
-                                                and 0 < selection_ratio <= 1):
-            raise ValueError(f"selection_ratio must be in (0, 1] or None, got {selection_ratio!r}")
-        if not isinstance(beta, (int, float)) or not 0 < beta <= 1:
-            raise ValueError(f"beta must be in (0, 1], got {beta!r}")
-        if bandwidth is None:
-            bandwidth = READING_BANDWIDTH[reading]
-        if isinstance(bandwidth, str):
-            if bandwidth not in ms.BANDWIDTH_RULES:
-                raise ValueError(f"bandwidth must be one of {ms.BANDWIDTH_RULES} or a positive "
-                                 f"number, got {bandwidth!r}")
-        elif isinstance(bandwidth, bool) or not (isinstance(bandwidth, (int, float))
-                                                 and bandwidth > 0):
-            raise ValueError(f"bandwidth must be one of {ms.BANDWIDTH_RULES} or a positive number, "
-                             f"got {bandwidth!r}")
-        if not isinstance(tolerance, (int, float)) or not tolerance >= 0:
-            raise ValueError(f"tolerance must be ≥ 0, got {tolerance!r}")
-        if not isinstance(report_samples, int) or report_samples < 0:
-            raise ValueError(f"report_samples must be an integer ≥ 0, got {report_samples!r}")
+        opts = resolve_options(reading, selection=selection, elementwise=elementwise,
+                               pearson=pearson, generating=generating, centroid=centroid,
+                               kernel=kernel, layers=layers)
+        check_numbers(selection_ratio, beta, tolerance, report_samples)
+        bandwidth = resolve_bandwidth(reading, bandwidth)
         self.reading = reading
         self.options = opts
         self.selection_ratio = selection_ratio
@@ -349,7 +302,7 @@ class Romoa:
         o = self.options
         beta = self.beta
         agg, selected, mom = scanned
-        idx = _indices(selected)
+        idx = san.indices(selected)
         self._tick("lookahead mean, selection and moments")
         l_cos = sim.layer_cosine(mom)                           # (n, L) float64
         l_pear = sim.layer_pearson(mom, centered=o["pearson"] == "centered")
@@ -360,10 +313,7 @@ class Romoa:
         starts = torch.tensor([sl.start for sl in layers], device=x.device)
         sm_off = torch.softmax(g_off, dim=0).to(x.dtype)       # (n, L)
         self._tick("layer mean shift")
-        # Eq. 11 off the selected set: F ← (1 − β)F + β·softmax, per layer (one pass).
-        for j, sl in enumerate(layers):
-            part = F[:, sl]
-            part.lerp_(sm_off[:, j:j + 1].expand_as(part), beta)
+        san.layer_momentum(F, layers, sm_off, beta)             # Eq. 11 off U, per layer
         self._tick("factor update")
         signs = None
         if o["elementwise"] == "sign":
@@ -373,7 +323,7 @@ class Romoa:
             # U's indices are sorted, so each layer's columns form one range of them
             bounds = torch.searchsorted(idx, starts).tolist() + [idx.numel()]
             off = beta * sm_off
-            signs = _columns(x, idx).sign_().mul_(_columns(agg[None, :], idx)[0].sign_())
+            signs = san.selected_signs(x, idx, agg)
             total = signs.sum(0)
             nonzero = signs.abs().sum(0)
             # pattern id n₊(n + 1) + n₋ with n₊ = (nz + tot)/2, n₋ = (nz − tot)/2
@@ -395,9 +345,7 @@ class Romoa:
             g_on_layer = torch.minimum(f_el, f_layer)          # (n, L)
             sm_on_layer = torch.softmax(g_on_layer, dim=0).to(x.dtype)
             diff = beta * (sm_on_layer - sm_off)
-            sel_f = selected.to(x.dtype)
-            for j, sl in enumerate(layers):
-                F[:, sl].addr_(diff[:, j], sel_f[sl])
+            san.selected_momentum(F, layers, diff, selected)  # Eq. 11 on U
             g_on = g_on_layer
             el_summary, el_centroid = s_cos, float(cl_el.centroid[0])
             self._tick("element-wise (cosine)")
@@ -422,112 +370,12 @@ class Romoa:
                       bounds: list[int], beta: float) -> Tensor:
         """β · softmax over participants of min(f_S, f_layer) on U (Eq. 11), (n, |U|).
 
-        Literal preset (signed, majority): exp is monotone, so with K_l = min(0, maxᵢ f_il)
-        exp(g − K) = min(exp(S)·exp(−c_w − K), exp(f_il − K)), where S ∈ {−1, 0, 1} and the
-        other factors are per column or per (participant, layer): no (n, |U|) gather; the
-        column maxima lie in [e⁻², 1] (no overflow, no total underflow). Other option
-        combinations materialise g and call ``torch.softmax``.
+        Literal preset (signed, majority): :func:`fedlib.romoa.sanitizing.signed_softmax`, no
+        (n, |U|) gather. Other option combinations materialise g
+        (:func:`fedlib.romoa.sanitizing.selected_softmax`).
         """
-        o = self.options
-        dt = signs.dtype
-        if o["generating"] == "signed" and o["centroid"] == "majority":
-            e = torch.exp(signs)
-            colexp = torch.exp(-table.centroid.to(signs.device)[pid])    # exp(−c_w), (|U|,)
-            K = torch.clamp(f_layer.amax(dim=0), max=0.0)                 # (L,)
-            cap = torch.exp(f_layer - K).to(dt)                           # (n, L)
-            for j in range(len(bounds) - 1):
-                r = slice(bounds[j], bounds[j + 1])
-                if r.start < r.stop:
-                    col = (colexp[r] * torch.exp(-K[j])).clamp_(max=1e30).to(dt)
-                    e[:, r].mul_(col).clamp_(max=cap[:, j:j + 1])
-            return e.div_(e.sum(dim=0).div_(beta))
-        g = self._sign_generating(signs, pid, table)
-        fl = f_layer.to(dt)
-        for j in range(len(bounds) - 1):
-            g[:, bounds[j]:bounds[j + 1]].clamp_(max=fl[:, j:j + 1])
-        return torch.softmax(g, dim=0).mul_(beta)
-
-    def _remember(self, x, F, selected, idx, layers, l_cos, l_pear, cl_cos, cl_pear,
-                  g_off, g_on, el_summary, el_centroid, signs) -> None:
-        """Keep what :meth:`report` needs; the sampled values are only formed when asked for."""
-        n, d = x.shape
-        k = min(self.report_samples, d)
-        last = self._last
-        last.update(layer_cosine=l_cos, layer_pearson=l_pear,
-                    centroid_layer_cosine=cl_cos.centroid, centroid_layer_pearson=cl_pear.centroid,
-                    bandwidth_layer_cosine=cl_cos.bandwidth,
-                    bandwidth_layer_pearson=cl_pear.bandwidth,
-                    scale_layer_cosine=cl_cos.scale, scale_layer_pearson=cl_pear.scale,
-                    elementwise=el_summary, centroid_elementwise=el_centroid,
-                    selected_fraction=float(idx.numel()) / d,
-                    layer_sizes=[sl.stop - sl.start for sl in layers])
-        if k == 0:
-            self._pending = None
-            last["sample"] = None
-            return
-        sidx = torch.div(torch.arange(k, device=x.device) * d, k, rounding_mode="floor")
-        if signs is not None:                                  # Eq. 5 at the samples
-            signs = x[:, sidx].sign() * signs[sidx]
-        # F changes in place at the next iteration: copy the sampled columns now
-        self._pending = dict(n=n, sidx=sidx, layers=layers, selected=selected, idx=idx,
-                             g_off=g_off, g_on=g_on, signs=signs, el_summary=el_summary,
-                             f_layer=self._f_layer, l_cos=l_cos, l_pear=l_pear,
-                             factor=F[:, sidx].double())
-        last.pop("sample", None)
-
-    def _sample(self) -> Optional[dict]:
-        """The sampled coordinates' measurements, generating values and factors (report)."""
-        p = self._pending
-        if p is None:
-            return None
-        n, sidx, idx, signs, g_on = p["n"], p["sidx"], p["idx"], p["signs"], p["g_on"]
-        k = sidx.numel()
-        dev = sidx.device
-        starts = torch.tensor([sl.start for sl in p["layers"]], device=dev)
-        slay = torch.searchsorted(starts, sidx, right=True) - 1
-        in_u = p["selected"][sidx]
-        pos = torch.searchsorted(idx, sidx).clamp(max=max(idx.numel() - 1, 0))
-        g = p["g_off"][:, slay].clone()
-        nan = torch.full((n, k), float("nan"), dtype=torch.float64, device=dev)
-        el = nan
-        if idx.numel():
-            if signs is not None:
-                table, pid = g_on
-                f_el = self._sign_generating(signs, pid[pos], table).double()
-                g_sel = torch.minimum(f_el, p["f_layer"][:, slay])
-                el = torch.where(in_u[None, :], signs.double(), nan)
-            else:
-                g_sel = g_on[:, slay]
-                el = torch.where(in_u[None, :], p["el_summary"][:, None].expand(n, k), nan)
-            g = torch.where(in_u[None, :], g_sel.to(g.dtype), g)
-        return dict(index=sidx, layer=slay, selected=in_u, elementwise=el,
-                    layer_cosine=p["l_cos"][:, slay], layer_pearson=p["l_pear"][:, slay],
-                    generating=g, factor=p["factor"])
-
-    # ----------------------------------------------------------------- report
-    def report(self) -> dict:
-        """Plain lists/floats for plots: the last iteration's measurements, centroids, factors.
-
-        Keys: ``iteration``, ``round``, ``sync``, ``reading``, ``n``, ``d``, ``weights`` (n);
-        ``selected_fraction`` |U|/d; ``layer_sizes``; ``layer_cosine`` and ``layer_pearson``
-        (n × L, Eqs. 6–7) with their ``centroid_*``, ``bandwidth_*`` and ``scale_*`` (L);
-        ``elementwise``
-        (n: the calibrated Eq. 5 cosine, or the mean literal sign agreement over U) and
-        ``centroid_elementwise``; ``sample`` — for ``report_samples`` evenly spaced
-        coordinates: ``index``, ``layer``, ``selected``, and n × k lists ``elementwise``
-        (NaN off U), ``layer_cosine``, ``layer_pearson``, ``generating`` (Eq. 11's minimum)
-        and ``factor`` (F).
-        """
-        def plain(v):
-            if isinstance(v, Tensor):
-                return v.detach().cpu().tolist()
-            if isinstance(v, dict):
-                return {k: plain(u) for k, u in v.items()}
-            return v
-
-        out = {"iteration": self.iteration, "reading": self.reading,
-               "weights": plain(self.weights) if self.weights is not None else None}
-        out.update({k: plain(v) for k, v in self._last.items()})
-        if self._pending is not None:
-            out["sample"] = plain(self._sample())
-        return out
+        if self.options["generating"] == "signed" and self.options["centroid"] == "majority":
+            return san.signed_softmax(signs, table.centroid.to(signs.device)[pid], f_layer,
+                                      bounds, beta)
+        return san.selected_softmax(self._sign_generating(signs, pid, table), f_layer, bounds,
+                                    beta)

@@ -65,8 +65,8 @@ def _select(magnitude: Tensor, ratio: float) -> tuple[Tensor, Tensor]:
 def selection_threshold(magnitude: Tensor, ratio: float) -> Tensor:
     """τᵢ: the k-th largest entry of each row of ``magnitude`` (n, d), k = ⌈ratio·d⌉ (§3.2).
 
-    Exact. On a CPU, a sample-bracketed introselect in NumPy (several times faster than
-    ``torch.topk`` for the Romoa MNIST CNN); elsewhere ``torch.topk``.
+    Exact. On a CPU, a sample-bracketed introselect in NumPy (faster than ``torch.topk``
+    for the Romoa MNIST CNN, ``benchmarks/RESULTS.md``); elsewhere ``torch.topk``.
     """
     return _select(magnitude, ratio)[0]
 
