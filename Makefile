@@ -34,7 +34,7 @@ datasets: venv
 	$(PY) -m fedlib.data.download --if-missing $(NOTEBOOK_DATASETS)
 
 figures: datasets
-	$(PY) -m fedlib.figures --profile $(PROFILE)
+	$(PY) -m fedlib.notebook_runner --profile $(PROFILE)
 
 test: datasets
 	$(PY) -m pytest tests --nbval-lax notebooks --durations=20
@@ -55,7 +55,7 @@ lab: venv
 	$(PY) -m jupyter lab notebooks/
 
 strip: venv
-	$(PY) -m fedlib.figures --strip
+	$(PY) -m fedlib.notebook_runner --strip
 
 clean-cache:
 	rm -rf .cache/runs

@@ -114,11 +114,11 @@ def np_bulyan(x, f):
     return np.take_along_axis(sel, closest, axis=0).mean(axis=0)
 
 
-def np_centered_clipping(x, tau, iters):
+def np_centered_clipping(x, radius, iters):
     v = np.zeros(x.shape[1], dtype=x.dtype)
     for _ in range(iters):
         diff = x - v
-        c = np.minimum(1.0, tau / np.linalg.norm(diff, axis=1))
+        c = np.minimum(1.0, radius / np.linalg.norm(diff, axis=1))
         v = v + (c[:, None] * diff).mean(axis=0)
     return v
 

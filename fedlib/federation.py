@@ -25,7 +25,8 @@ stepping a federation leaves the caller's global generators exactly as they were
 the uploads of the m malicious clients sampled in a replica this round; ``ctx`` holds exactly what
 the threat model grants (see :class:`fedlib.context.AttackContext`). Without a hook the
 configured attack (``cfg.attack``, from round ``cfg.attack_start`` on) is used. Every attack
-object is such a hook, and so is the RL policy (:mod:`fedlib.rl`).
+object is such a hook, and so is the RL policy (:mod:`fedlib.rl`). What the loop relies on is
+written down as Protocols in :mod:`fedlib.interfaces` (``AggregationRule``, ``AttackHook``).
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ RULES = {
     "geometric_median": {"iters": 10},
     "fltrust": {},
     "bulyan": {"f": 1},
-    "centered_clipping": {"tau": 1.0, "iters": 3},
+    "centered_clipping": {"radius": 1.0, "iters": 3},
 }
 LINEAR = {"mean", "weighted_mean", "krum", "multi_krum", "geometric_median", "fltrust"}
 COORDINATE = {"median", "trimmed_mean", "clipped_median", "bulyan"}
@@ -181,7 +181,7 @@ def test_centered_clipping_hand_and_state():
     x = t([[3, 4], [0, 0.5]])
     applied = ctx_with(d=2)  # sync=True: an aggregation the engine applies
     # v₀ = 0, τ = 1: clip factors 1/5 and 1 → v = ((0.6, 0.8) + (0, 0.5)) / 2
-    a = agg.get("centered_clipping", tau=1.0, iters=1)
+    a = agg.get("centered_clipping", radius=1.0, iters=1)
     v1 = a(x, applied)
     assert torch.allclose(v1, t([0.3, 0.65]))
     assert torch.allclose(a.weights, t([0.1, 0.5]))
@@ -196,7 +196,7 @@ def test_centered_clipping_hand_and_state():
     assert torch.allclose(a.momentum, v1)
     v2 = a(x, applied)
     assert torch.allclose(v2, expect) and torch.allclose(a.momentum, v2)
-    assert torch.allclose(agg.centered_clipping(x, tau=1.0, momentum=v1), expect)
+    assert torch.allclose(agg.centered_clipping(x, radius=1.0, momentum=v1), expect)
     a.reset()
     assert a.momentum is None and a.weights is None
     assert torch.allclose(a(x), t([0.3, 0.65]))
@@ -291,7 +291,7 @@ def test_bad_shapes_raise_value_error(name, bad):
     (agg.bulyan, {"f": 1}),  # n = 6 < 4f + 3
     (agg.clipped_median, {"threshold": 0.0}), (agg.clipped_median, {"threshold": math.inf}),
     (agg.geometric_median, {"eps": 0.0}), (agg.geometric_median, {"iters": -1}),
-    (agg.centered_clipping, {"tau": -1.0}), (agg.centered_clipping, {"iters": 0}),
+    (agg.centered_clipping, {"radius": -1.0}), (agg.centered_clipping, {"iters": 0}),
     (agg.centered_clipping, {"momentum": torch.zeros(3)}),
     (agg.centered_clipping, {"momentum": torch.full((2,), math.nan)}),
     (agg.weighted_mean, {"weights": [1.0] * 5}), (agg.weighted_mean, {"weights": [-1.0] * 6}),
@@ -497,8 +497,8 @@ def test_translation_equivariance(seed, n, d, shift, name):
     kw = {"client_weights": [1.0] * n} if name == "weighted_mean" else {}
     if name == "centered_clipping":  # equivariant when the centre moves too
         v0 = torch.randn(d, generator=g, dtype=F64)
-        out = agg.centered_clipping(x, tau=1.0, iters=3, momentum=v0)
-        out_t = agg.centered_clipping(x + c, tau=1.0, iters=3, momentum=v0 + c)
+        out = agg.centered_clipping(x, radius=1.0, iters=3, momentum=v0)
+        out_t = agg.centered_clipping(x + c, radius=1.0, iters=3, momentum=v0 + c)
     else:
         out, out_t = call(name, x, **kw)[0], call(name, x + c, **kw)[0]
     assert torch.allclose(out_t, out + c, atol=1e-8 * (1 + abs(shift)))
@@ -650,13 +650,13 @@ def test_rules_that_divide_by_norms_survive_zero_and_tiny_rows(name, fill):
     x[:5] = fill  # a majority at the same point: distances 0 among them
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        out, w, _ = call(name, x, **({"tau": "median_norm"} if name == "centered_clipping"
+        out, w, _ = call(name, x, **({"radius": "median_norm"} if name == "centered_clipping"
                                      else {}))
     assert torch.isfinite(out).all() and torch.isfinite(w).all()
     assert out.abs().max().item() <= x.abs().max().item()
 
 
-# ----------------------------------------------------------------------------- centered clipping τ
+# ------------------------------------------------------------------------ centered clipping radius
 
 def ipm_round(seed, d=20, n=10, m=2, epsilon=5.0, scale=1e-2):
     """One round of uploads at lr·gradient scale: n − m benign rows, m IPM rows −ε·mean(benign)."""
@@ -667,11 +667,11 @@ def ipm_round(seed, d=20, n=10, m=2, epsilon=5.0, scale=1e-2):
     return torch.cat([benign, ipm.expand(m, d)]), benign.mean(dim=0)
 
 
-def test_centered_clipping_default_tau_follows_the_uploads_and_resists_ipm():
+def test_centered_clipping_default_radius_follows_the_uploads_and_resists_ipm():
     # τ = 10 (the old default) never clips lr-scaled uploads: the rule is the mean, which
     # IPM (ε = 5, 2 of 10) reverses; τ = median upload norm keeps the benign direction
-    old, new = agg.get("centered_clipping", tau=10.0), agg.get("centered_clipping")
-    assert new.rule.params["tau"] == "median_norm"
+    old, new = agg.get("centered_clipping", radius=10.0), agg.get("centered_clipping")
+    assert new.rule.params["radius"] == "median_norm"
     for round_ in range(5):
         x, benign_mean = ipm_round(round_)
         ctx = ctx_with(d=x.shape[1])
@@ -685,11 +685,11 @@ def test_centered_clipping_median_norm_is_scale_equivariant_and_validated():
     for s in (1e-6, 1.0, 1e6):
         assert torch.allclose(agg.centered_clipping(x * s), agg.centered_clipping(x) * s)
     norms = x.norm(dim=1).sort().values
-    tau = float(norms[4] * 0.5 + norms[5] * 0.5)  # even n: mean of the two middle norms
-    assert torch.allclose(agg.centered_clipping(x), agg.centered_clipping(x, tau=tau))
+    radius = float(norms[4] * 0.5 + norms[5] * 0.5)  # even n: mean of the two middle norms
+    assert torch.allclose(agg.centered_clipping(x), agg.centered_clipping(x, radius=radius))
     for bad in ("median", "", None):
-        with pytest.raises(ValueError, match="tau"):
-            agg.get("centered_clipping", tau=bad)
+        with pytest.raises(ValueError, match="radius"):
+            agg.get("centered_clipping", radius=bad)
     assert torch.equal(agg.centered_clipping(torch.zeros(4, 3)), torch.zeros(3))
 
 

@@ -46,7 +46,7 @@ RULES = {
     "geometric_median": {"iters": 10},
     "fltrust": {},
     "bulyan": {"f": 1},
-    "centered_clipping": {"tau": 1.0, "iters": 3},
+    "centered_clipping": {"radius": 1.0, "iters": 3},
     "centered_clipping/median_norm": {"iters": 2},
 }
 
@@ -215,7 +215,7 @@ OLD = {
     "bulyan": (agg.bulyan, old_sel.bulyan, {"f": 1}),
     "geometric_median": (agg.geometric_median, old_iter.geometric_median, {"iters": 10}),
     "centered_clipping": (agg.centered_clipping, old_iter.centered_clipping,
-                          {"tau": 0.5, "iters": 3, "momentum": "v0"}),
+                          {"radius": 0.5, "iters": 3, "momentum": "v0"}),
 }
 
 

@@ -37,7 +37,7 @@ class MeanAgg:
 
 
 class KrumAgg:
-    """Tiny stand-in for Krum (Blanchard et al.), written independently of fang.krum_scores."""
+    """Tiny stand-in for Krum (Blanchard et al.), independent of fang.krum_update_scores."""
     name = "krum"
 
     def __init__(self, f):
@@ -196,14 +196,14 @@ def test_krum_lmp_is_selected_by_krum(m):
         assert krum.weights[:m].sum() == 0
 
 
-def test_krum_scores_match_definition():
+def test_krum_update_scores_match_definition():
     u = torch.tensor([[0.0], [1.0], [3.0], [10.0]])
     # f = 0: n − f − 2 = 2 nearest squared distances
     expect = torch.tensor([1 + 9, 1 + 4, 4 + 9, 49 + 81.0])
-    torch.testing.assert_close(fang.krum_scores(u, 0), expect)
+    torch.testing.assert_close(fang.krum_update_scores(u, 0), expect)
     assert fang.krum_select(u, 0) == 1
     with pytest.raises(ValueError, match="n − f − 2"):
-        fang.krum_scores(u, 2)
+        fang.krum_update_scores(u, 2)
 
 
 @pytest.mark.parametrize("space", ["model", "update"])

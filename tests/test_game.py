@@ -332,17 +332,15 @@ def test_equilibrium_profiles_limit():
 
 
 def test_game_claim_is_named_apart_from_paper_claim():
-    """``fedlib.game.GameClaim`` (a statement about a game family) vs ``fedlib.paper.Claim``."""
-    from fedlib import paper
+    """``fedlib.game.GameClaim`` (about a game family) vs ``PaperClaim`` (about a run)."""
+    from fedlib import paper_claims
 
     for cls in (gm.UniqueNashClaim, gm.AdversaryClaim, gm.UtilityClaim, gm.DominantActionClaim,
                 gm.RepeatedOutcomeClaim):
         assert issubclass(cls, gm.GameClaim)
-    assert gm.GameClaim is not paper.Claim and "Claim" not in gm.__all__
-    with pytest.warns(DeprecationWarning, match="GameClaim"):
-        assert gm.Claim is gm.GameClaim
+    assert gm.GameClaim is not paper_claims.PaperClaim and "Claim" not in gm.__all__
     with pytest.raises(AttributeError):
-        gm.NoSuchName  # noqa: B018
+        gm.Claim  # noqa: B018
 
 
 def test_game_package_exports_and_module_sizes():

@@ -4,7 +4,8 @@
 import pytest
 import torch
 
-from fedlib import attacks, data, engine, models, paper
+from fedlib import attacks, data, engine, models
+from fedlib import romoa_settings as rs
 from fedlib.context import AttackContext
 from fedlib.flat import ParamSpec
 
@@ -80,7 +81,7 @@ def test_at_a_sync_the_poisoned_state_moves_at_the_moving_rate(task, gamma):
 
 
 def test_romoa_setting_passes_the_moving_rate_and_no_tau_steps():
-    cfg = paper.romoa_setting(attack="tpa", profile_overrides={"tau": 5})
+    cfg = rs.romoa_setting(attack="tpa", profile_overrides={"tau": 5})
     assert cfg["attack_params"] == {"source": 6, "poison": 3, "moving_rate": 0.1}
-    cfg = paper.romoa_setting(attack="tpa", moving_rate="1", attack_params={"boost": "n/m"})
+    cfg = rs.romoa_setting(attack="tpa", moving_rate="1", attack_params={"boost": "n/m"})
     assert cfg["attack_params"]["moving_rate"] == 1.0 and cfg["attack_params"]["boost"] == "n/m"

@@ -12,8 +12,8 @@ engine objects from :func:`get`. Every rule also takes a batch of independent pr
 ``geometric_median``       RFA, smoothed Weiszfeld (Pillutla et al. 2022); alias ``rfa``
 ``fltrust``                Cao et al. 2021, needs the server update Δ₀
 ``bulyan``                 El Mhamdi et al. 2018, over Krum
-``centered_clipping``      Karimireddy et al. 2021, stateful (server momentum); τ defaults
-                           to the call's median upload norm (``tau="median_norm"``)
+``centered_clipping``      Karimireddy et al. 2021, stateful (server momentum); radius τ
+                           defaults to the median upload norm (``radius="median_norm"``)
 ``romoa``                  :class:`fedlib.romoa.Romoa`, imported lazily
 =========================  ======================================================
 

@@ -15,10 +15,10 @@ from torch import Tensor
 
 from ._checks import RuleCall, check_count, check_positive, check_vector, row_norms, weighted_sum
 
-Tau = Union[float, str]
+Radius = Union[float, str]
 """Centered clipping's radius τ: a number (absolute, in the units of ‖Δᵢ‖) or ``"median_norm"``."""
 
-TAU_RULES = ("median_norm",)
+RADIUS_RULES = ("median_norm",)
 
 
 def distances_to(x: Tensor, z: Tensor) -> Tensor:
@@ -74,15 +74,15 @@ def median_norm(x: Tensor) -> Tensor:
     return s[..., mid] if n % 2 else s[..., mid] * 0.5 + s[..., mid + 1] * 0.5
 
 
-def _centered_clipping(x: Tensor, tau: Tau, iters: int,
+def _centered_clipping(x: Tensor, radius: Radius, iters: int,
                        momentum: Tensor | None = None) -> tuple[Tensor, Tensor]:
     n = x.shape[-2]
     v = torch.zeros(*x.shape[:-2], x.shape[-1], dtype=x.dtype, device=x.device) \
         if momentum is None else check_vector(momentum, x, "momentum", "centered_clipping")
-    radius = median_norm(x).unsqueeze(-1) if tau == "median_norm" else tau
+    r = median_norm(x).unsqueeze(-1) if radius == "median_norm" else radius
     w = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
     for _ in range(iters):
-        c = (radius / distances_to(x, v)).clamp(max=1.0) / n  # distance 0 → inf → 1
+        c = (r / distances_to(x, v)).clamp(max=1.0) / n  # distance 0 → inf → 1
         c = torch.nan_to_num(c, nan=1.0 / n)  # τ = 0 (all-zero rows) at distance 0
         keep = 1.0 - c.sum(dim=-1, keepdim=True)
         v = keep * v + weighted_sum(c, x)
@@ -90,33 +90,34 @@ def _centered_clipping(x: Tensor, tau: Tau, iters: int,
     return v, w
 
 
-def check_tau(tau: object) -> Tau:
-    """τ > 0 finite, or one of :data:`TAU_RULES`."""
-    if isinstance(tau, str):
-        if tau not in TAU_RULES:
-            raise ValueError(f"centered_clipping: tau must be a number > 0 or one of "
-                             f"{TAU_RULES}, got {tau!r}")
-        return tau
-    return check_positive(tau, "tau", "centered_clipping")
+def check_radius(radius: object) -> Radius:
+    """The clipping radius τ > 0 finite, or one of :data:`RADIUS_RULES`."""
+    if isinstance(radius, str):
+        if radius not in RADIUS_RULES:
+            raise ValueError(f"centered_clipping: radius must be a number > 0 or one of "
+                             f"{RADIUS_RULES}, got {radius!r}")
+        return radius
+    return check_positive(radius, "radius", "centered_clipping")
 
 
-def centered_clipping_rule(tau: Tau = "median_norm", iters: int = 1) -> RuleCall:
-    """:func:`centered_clipping` with validated tau and iters; pass ``momentum=v₀`` per call."""
-    tau = check_tau(tau)
+def centered_clipping_rule(radius: Radius = "median_norm", iters: int = 1) -> RuleCall:
+    """:func:`centered_clipping` with validated radius and iters; pass ``momentum=v₀`` per call."""
+    radius = check_radius(radius)
     iters = check_count(iters, "iters", "centered_clipping", minimum=1)
-    return RuleCall("centered_clipping", _centered_clipping, {"tau": tau, "iters": iters})
+    return RuleCall("centered_clipping", _centered_clipping, {"radius": radius, "iters": iters})
 
 
-def centered_clipping(updates: Tensor, tau: Tau = "median_norm", iters: int = 1,
+def centered_clipping(updates: Tensor, radius: Radius = "median_norm", iters: int = 1,
                       momentum: Tensor | None = None) -> Tensor:
     """Centered clipping (Karimireddy, He & Jaggi, ICML 2021, §4, Eq. CC).
 
     Starting from v₀ = ``momentum`` (the previous round's aggregate, the paper's server
     momentum; zeros if None), ``iters`` times
     v ← v + (1/n) Σᵢ (Δᵢ − v)·min(1, τ/‖Δᵢ − v‖).
-    The paper finds iters = 1 enough when v₀ is the previous aggregate. τ is in the units
-    of ‖Δᵢ‖: a number is used as is; ``"median_norm"`` (default) takes τ = the median of
-    the call's ‖Δᵢ‖ (over the finite rows), so the radius follows the uploads' scale
+    The paper finds iters = 1 enough when v₀ is the previous aggregate. ``radius`` (the
+    paper's clipping radius τ) is in the units of ‖Δᵢ‖: a number is used as is;
+    ``"median_norm"`` (default) takes τ = the median of the call's ‖Δᵢ‖ (over the finite
+    rows), so the radius follows the uploads' scale
     (lr·gradient ≈ 1e-2 in practice, where a fixed τ = 10 never clips and the rule is the
     mean). The result is a·v₀ + Σᵢ wᵢΔᵢ with Σwᵢ = 1 − a; the registry object
     (``get("centered_clipping")``) carries v across rounds and reports w as its weights.
@@ -124,5 +125,5 @@ def centered_clipping(updates: Tensor, tau: Tau = "median_norm", iters: int = 1,
     excluded (warning); a non-finite or wrongly shaped ``momentum`` raises ValueError.
     A batch (B, n, d) takes momentum (B, d) and τ per replica.
     """
-    return centered_clipping_rule(tau, iters)(updates, batch_params=(
+    return centered_clipping_rule(radius, iters)(updates, batch_params=(
         {} if momentum is None else {"momentum": momentum}))[0]

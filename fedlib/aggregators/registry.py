@@ -135,15 +135,16 @@ class CenteredClipping(Aggregator):
     ``AttackContext.aggregator``, and Romoa's lookahead iterations (``sync=False``) use v
     but leave it unchanged. ``center_weight`` is the weight a of v₀ in the last output
     a·v₀ + Σᵢ wᵢΔᵢ (``weights`` = w); for a replica batch the momentum is (B, d) and
-    ``center_weight`` a (B,) tensor. τ: see :func:`fedlib.aggregators.centered_clipping`
-    (default ``"median_norm"``, the median upload norm of each call).
+    ``center_weight`` a (B,) tensor. ``radius`` (the clipping radius τ): see
+    :func:`fedlib.aggregators.centered_clipping` (default ``"median_norm"``, the median upload
+    norm of each call).
     """
 
     name = "centered_clipping"
 
-    def __init__(self, tau: float | str = "median_norm", iters: int = 1) -> None:
+    def __init__(self, radius: float | str = "median_norm", iters: int = 1) -> None:
         super().__init__()
-        self.rule = centered_clipping_rule(tau, iters)
+        self.rule = centered_clipping_rule(radius, iters)
         self.momentum: Tensor | None = None
         self.center_weight: float | Tensor | None = None
 
@@ -284,6 +285,10 @@ _BUILDERS: dict[str, Callable[..., Any]] = {
 _ALIASES = {"rfa": "geometric_median"}
 
 
+_RENAMED_PARAMS: dict[str, dict[str, str]] = {"centered_clipping": {"tau": "radius"}}
+"""Former parameter names that now fail loudly (τ is Romoa's syncing period elsewhere)."""
+
+
 def available() -> list[str]:
     """The registry's names (aliases included), sorted."""
     return sorted([*_BUILDERS, *_ALIASES])
@@ -299,6 +304,10 @@ def get(name: str, **params: Any) -> Any:
     key = _ALIASES.get(key, key)
     if key not in _BUILDERS:
         raise ValueError(f"unknown aggregator {name!r}; available: {', '.join(available())}")
+    renamed = {old: new for old, new in _RENAMED_PARAMS.get(key, {}).items() if old in params}
+    if renamed:
+        raise ValueError(f"aggregator {key!r}: parameter(s) renamed, use "
+                         + ", ".join(f"{new!r} instead of {old!r}" for old, new in renamed.items()))
     builder = _BUILDERS[key]
     if key == "romoa":
         return builder(**params)

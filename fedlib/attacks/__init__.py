@@ -45,7 +45,8 @@ from .adaptive import RuleSearch
 from .base import Attack, reference_updates, stealth_at, stealth_mix
 from .boosting import TPA, ExplicitBoosting, targeted_sgd
 from .fang import (UPA, LMPKrum, LMPTrimmedMean, change_direction, deviation_partial,
-                   directed_deviation, krum_lambda_bound, krum_scores, krum_select, lmp_krum)
+                   directed_deviation, krum_lambda_bound, krum_select, krum_update_scores,
+                   lmp_krum)
 from .fltrust_adaptive import FLTrustAdaptive, fltrust_aggregate
 from .minmax import MinMax, MinSum, gamma_search, perturbation
 from .simple import ALIE, IPM, GaussianNoise, LabelFlip, SignFlip, alie_z
@@ -73,6 +74,11 @@ def available() -> list[str]:
     return sorted({*REGISTRY, "rl"})
 
 
+_RENAMED_PARAMS: dict[str, dict[str, str]] = {"min_max": {"tau": "tolerance"},
+                                              "min_sum": {"tau": "tolerance"}}
+"""Former parameter names that now fail loudly (τ is Romoa's syncing period elsewhere)."""
+
+
 def get(name: str, **params: Any) -> Attack:
     """A new attack object ``name`` with keyword ``params`` (ValueError on unknown names/params)."""
     key = str(name).lower().replace("-", "_")
@@ -81,6 +87,10 @@ def get(name: str, **params: Any) -> Attack:
         REGISTRY[key] = OnlineRL
     if key not in REGISTRY:
         raise ValueError(f"unknown attack {name!r}; available: {available()}")
+    renamed = {old: new for old, new in _RENAMED_PARAMS.get(key, {}).items() if old in params}
+    if renamed:
+        raise ValueError(f"attack {key!r}: parameter(s) renamed, use "
+                         + ", ".join(f"{new!r} instead of {old!r}" for old, new in renamed.items()))
     cls = REGISTRY[key]
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(params) - set(accepted))
@@ -93,7 +103,7 @@ __all__ = [
     "get", "available", "REGISTRY", "Attack", "UPA", "LMPKrum", "LMPTrimmedMean", "TPA",
     "ExplicitBoosting", "IPM", "ALIE", "SignFlip", "GaussianNoise", "LabelFlip", "MinMax",
     "MinSum", "FLTrustAdaptive", "stealth_mix", "stealth_at", "reference_updates",
-    "change_direction", "krum_scores", "krum_select", "krum_lambda_bound", "lmp_krum",
+    "change_direction", "krum_update_scores", "krum_select", "krum_lambda_bound", "lmp_krum",
     "directed_deviation", "deviation_partial", "targeted_sgd", "alie_z", "gamma_search",
     "perturbation", "fltrust_aggregate",
 ]

@@ -24,7 +24,7 @@ the attack tailored to FLTrust).
 
 Knowledge: full (the benign uploads of the round and the aggregator). The rows handed to the
 aggregator are the m malicious uploads first, then the benign ones — the order of
-:mod:`fedlib.paper`'s settings (participants 0..m−1 are the adversaries); a rule whose state
+:mod:`fedlib.romoa_settings` (participants 0..m−1 are the adversaries); a rule whose state
 is tied to row positions (Romoa's F) must be attacked with that order.
 """
 

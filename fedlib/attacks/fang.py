@@ -75,8 +75,12 @@ def change_direction(updates: Tensor) -> Tensor:
     return torch.sign(-updates.mean(0))
 
 
-def krum_scores(updates: Tensor, f: int) -> Tensor:
-    """Krum scores (Blanchard et al. 2017): sum of squared distances to the n − f − 2 nearest."""
+def krum_update_scores(updates: Tensor, f: int) -> Tensor:
+    """Krum score of each update (Blanchard et al. 2017): Σ of its n − f − 2 smallest ‖Δᵢ − Δⱼ‖².
+
+    Validates the (n, d) updates and f; ``fedlib.aggregators.selection.krum_scores`` computes the
+    same scores from a precomputed (..., n, n) distance matrix.
+    """
     _check_updates(updates)
     n = updates.shape[0]
     k = n - f - 2
@@ -89,7 +93,7 @@ def krum_scores(updates: Tensor, f: int) -> Tensor:
 
 def krum_select(updates: Tensor, f: int) -> int:
     """The index Krum selects (the lowest score; ties to the lowest index)."""
-    return int(torch.argmin(krum_scores(updates, f)))
+    return int(torch.argmin(krum_update_scores(updates, f)))
 
 
 def krum_lambda_bound(benign: Tensor, num_clients: int, num_malicious: int) -> float:

@@ -45,14 +45,18 @@ def perturbation(benign: Tensor, kind: str) -> Tensor:
 
 
 def gamma_search(benign: Tensor, direction: Tensor, objective: str, gamma_init: float = 10.0,
-                 tau: float = 1e-5, max_iter: int = 200) -> float:
-    """The largest γ with μ + γ∇_p satisfying the Min-Max / Min-Sum condition (Algorithm 1)."""
+                 tolerance: float = 1e-5, max_iter: int = 200) -> float:
+    """The largest γ with μ + γ∇_p satisfying the Min-Max / Min-Sum condition (Algorithm 1).
+
+    ``tolerance`` is Algorithm 1's τ: the search stops once |γ − γ_succ| ≤ tolerance.
+    """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if benign.dim() != 2 or benign.shape[0] == 0:
         raise ValueError(f"benign updates must be (n ≥ 1, d), got {tuple(benign.shape)}")
-    if not (gamma_init > 0 and tau > 0):
-        raise ValueError(f"gamma_init and tau must be positive, got {gamma_init}, {tau}")
+    if not (gamma_init > 0 and tolerance > 0):
+        raise ValueError(f"gamma_init and tolerance must be positive, got {gamma_init}, "
+                         f"{tolerance}")
     if not bool(torch.isfinite(benign).all() and torch.isfinite(direction).all()):
         raise ValueError("benign updates and the direction must be finite")
     if not bool((direction != 0).any()):
@@ -71,7 +75,7 @@ def gamma_search(benign: Tensor, direction: Tensor, objective: str, gamma_init: 
 
     gamma, step, succ = float(gamma_init), float(gamma_init), 0.0
     for _ in range(max_iter):
-        if abs(succ - gamma) <= tau:
+        if abs(succ - gamma) <= tolerance:
             break
         if ok(gamma):
             succ = gamma
@@ -86,7 +90,7 @@ class MinMax(Attack):
     """Shejwalkar & Houmansadr's AGR-agnostic Min-Max attack (all m attackers send ∇_m).
 
     Knowledge: full (the benign updates of the round; not the aggregation rule).
-    Params: ``deviation`` ("unit_vec", "std", "sign"), ``gamma_init`` (10), ``tau`` (1e-5),
+    Params: ``deviation`` ("unit_vec", "std", "sign"), ``gamma_init`` (10), ``tolerance`` (1e-5),
     stealth. ``last_gamma`` holds γ of the last call.
     """
 
@@ -94,21 +98,23 @@ class MinMax(Attack):
     knowledge = "full"
     objective = "min_max"
 
-    def __init__(self, deviation: str = "unit_vec", gamma_init: float = 10.0, tau: float = 1e-5,
-                 stealth: Stealth = 1.0, stealth_base: str = "honest"):
+    def __init__(self, deviation: str = "unit_vec", gamma_init: float = 10.0,
+                 tolerance: float = 1e-5, stealth: Stealth = 1.0, stealth_base: str = "honest"):
         super().__init__(stealth, stealth_base)
         if deviation not in DEVIATIONS:
             raise ValueError(f"deviation must be one of {DEVIATIONS}, got {deviation!r}")
-        if not (gamma_init > 0 and tau > 0):
-            raise ValueError(f"gamma_init and tau must be positive, got {gamma_init}, {tau}")
-        self.deviation, self.gamma_init, self.tau = deviation, float(gamma_init), float(tau)
+        if not (gamma_init > 0 and tolerance > 0):
+            raise ValueError(f"gamma_init and tolerance must be positive, got {gamma_init}, "
+                             f"{tolerance}")
+        self.deviation, self.gamma_init = deviation, float(gamma_init)
+        self.tolerance = float(tolerance)
         self.last_gamma: float | None = None
 
     def craft(self, ctx: AttackContext) -> Tensor:
         """μ + γ·∇_p with γ from the binary search."""
         benign = reference_updates(ctx)
         direction = perturbation(benign, self.deviation)
-        gamma = gamma_search(benign, direction, self.objective, self.gamma_init, self.tau)
+        gamma = gamma_search(benign, direction, self.objective, self.gamma_init, self.tolerance)
         self.last_gamma = gamma
         return repeat_rows(benign.mean(0) + gamma * direction, ctx.num_malicious)
 

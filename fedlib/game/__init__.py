@@ -45,8 +45,6 @@ Modules
 
 from __future__ import annotations
 
-import warnings
-
 from .claims import (CLAIMS, AdversaryClaim, ClaimResult, Counterexample, DominantActionClaim,
                      GameClaim, RepeatedOutcomeClaim, UniqueNashClaim, UtilityClaim, check_claim)
 from .equilibria import (Dominance, Equilibrium, best_responses, dominant_actions,
@@ -75,11 +73,3 @@ __all__ = [
     "ceil_half", "flg", "gstar", "Number", "FLOAT_TOL",
 ]
 
-
-def __getattr__(name: str):
-    """``Claim``, the former name of :class:`GameClaim`, still resolves (with a warning)."""
-    if name == "Claim":
-        warnings.warn("fedlib.game.Claim is now fedlib.game.GameClaim (fedlib.paper.Claim is the "
-                      "notebooks' claim about a run)", DeprecationWarning, stacklevel=2)
-        return GameClaim
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

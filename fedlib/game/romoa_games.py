@@ -92,43 +92,44 @@ def _upper_median(counts: Sequence[int]) -> int:
     return int(np.searchsorted(np.cumsum(counts), n // 2, side="right"))
 
 
-def sanitizing_factors(counts: Sequence[int], d: int, tau: float) -> np.ndarray:
+def sanitizing_factors(counts: Sequence[int], d: int, sharpness: float) -> np.ndarray:
     """Per-level stationary sanitizing factor (Romoa Eq. 11's fixed point).
 
-    F(a) = e^{f(a)}/Σ_j e^{f(a_j)} with f(a) = −τ|a − m|/d, where m is the upper median poison
+    F(a) = e^{f(a)}/Σ_j e^{f(a_j)} with f(a) = −κ|a − m|/d, κ ≥ 0 the sharpness (ours; the paper
+    prints none), where m is the upper median poison
     level (our stand-in for the mean-shift centroid of the majority cluster, Eqs. 8–10); the
     fixed point of F_t = β softmax(f) + (1−β) F_{t−1} for a
     stationary f is softmax(f).  Σ_levels counts·F = 1.
     """
     counts = np.asarray(counts, dtype=np.float64)
-    if tau < 0 or not np.isfinite(tau):
-        raise ValueError(f"tau must be finite and >= 0, got {tau}")
+    if sharpness < 0 or not np.isfinite(sharpness):
+        raise ValueError(f"sharpness must be finite and >= 0, got {sharpness}")
     m = _upper_median([int(c) for c in counts])
-    f = -float(tau) * np.abs(np.arange(d + 1) - m) / d
+    f = -float(sharpness) * np.abs(np.arange(d + 1) - m) / d
     w = np.exp(f)
     return w / float(counts @ w)
 
 
-def _sanitizing_factors_rows(counts: np.ndarray, d: int, tau: float) -> np.ndarray:
+def _sanitizing_factors_rows(counts: np.ndarray, d: int, sharpness: float) -> np.ndarray:
     """Row-wise ``sanitizing_factors`` for count vectors counts[N, d+1] → F[N, d+1]."""
     counts = np.asarray(counts, dtype=np.int64)
     n = int(counts[0].sum())
     med = np.argmax(np.cumsum(counts, axis=1) > n // 2, axis=1)           # upper median level
-    w = np.exp(-float(tau) * np.abs(np.arange(d + 1)[None, :] - med[:, None]) / d)
+    w = np.exp(-float(sharpness) * np.abs(np.arange(d + 1)[None, :] - med[:, None]) / d)
     return w / (counts * w).sum(axis=1, keepdims=True)
 
 
-def sanitizing_price(tau: float) -> PriceRule:
+def sanitizing_price(sharpness: float) -> PriceRule:
     """Eq. 14 variant from Romoa's sanitizing factors (Eq. 11): e_j = n·F(a_j).
 
     That is the server's weight on P_j relative to 1/n, the same for every evaluator.
     """
     def fn(own, other, counts, d):
-        return float(sum(counts) * sanitizing_factors(counts, d, tau)[other])
+        return float(sum(counts) * sanitizing_factors(counts, d, sharpness)[other])
 
     def vec(own, counts, d):
-        return counts.sum(axis=1, keepdims=True) * _sanitizing_factors_rows(counts, d, tau)
-    return PriceRule(fn, f"sanitizing τ={tau}", pairwise=False, vector=vec)
+        return counts.sum(axis=1, keepdims=True) * _sanitizing_factors_rows(counts, d, sharpness)
+    return PriceRule(fn, f"sanitizing κ={sharpness}", pairwise=False, vector=vec)
 
 
 class AttackWeight:
@@ -147,17 +148,17 @@ class AttackWeight:
         return f"AttackWeight({self.name})"
 
 
-def sanitizing_weight(tau: float) -> AttackWeight:
+def sanitizing_weight(sharpness: float) -> AttackWeight:
     """Sanitized attack score h(a_i)·n·F(a_i) (Eq. 11's fixed point; Algorithm 2 line 21).
 
     n·F(a_i) is P_i's aggregation weight relative to 1/n.
     """
     def fn(own, counts, d):
-        return float(sum(counts) * sanitizing_factors(counts, d, tau)[own])
+        return float(sum(counts) * sanitizing_factors(counts, d, sharpness)[own])
 
     def vec(own, counts, d):
-        return counts.sum(axis=1) * _sanitizing_factors_rows(counts, d, tau)[:, own]
-    return AttackWeight(fn, f"sanitized h, τ={tau}", vector=vec)
+        return counts.sum(axis=1) * _sanitizing_factors_rows(counts, d, sharpness)[:, own]
+    return AttackWeight(fn, f"sanitized h, κ={sharpness}", vector=vec)
 
 
 # --------------------------------------------------------------------------- FLG and G*

@@ -35,7 +35,7 @@ ambiguity          literal preset (as printed)    calibrated preset
 γ                  the paper uses γ for two things, the moving rate (Algorithms 1–2) and
                    the selection ratio ("generally assuming γ = 1/n", §3.2, the only
                    printed value): two parameters, the protocol's ``moving_rate``
-                   (``fedlib.paper`` defaults it to that printed 1/n) and this rule's
+                   (``fedlib.romoa_settings`` defaults it to that printed 1/n) and this rule's
                    ``selection_ratio`` (default 1/n).
 Eq. 4 ranks        |θᵢ_t'| — "parameters with     |θᵢ_t' − θ̄_t| — the path, the quantity
                    high absolute values"          measured. Ranking θ itself selects the

@@ -69,7 +69,7 @@ def centered_clipping_rule(tau: float = 10.0, iters: int = 1) -> RuleCall:
     return RuleCall("centered_clipping", _centered_clipping, {"tau": tau, "iters": iters})
 
 
-def centered_clipping(updates: Tensor, tau: float = 10.0, iters: int = 1,
+def centered_clipping(updates: Tensor, radius: float = 10.0, iters: int = 1,
                       momentum: Tensor | None = None) -> Tensor:
     """Centered clipping (Karimireddy, He & Jaggi, ICML 2021, §4, Eq. CC).
 
@@ -82,5 +82,5 @@ def centered_clipping(updates: Tensor, tau: float = 10.0, iters: int = 1,
     Translation-equivariant when v₀ moves too. Rows with NaN/Inf are excluded (warning);
     a non-finite or wrongly shaped ``momentum`` raises ValueError.
     """
-    return centered_clipping_rule(tau, iters)(updates, momentum=momentum)[0]
+    return centered_clipping_rule(radius, iters)(updates, momentum=momentum)[0]
 

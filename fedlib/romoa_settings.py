@@ -79,7 +79,7 @@ __all__ = [
     "PAPER_DEFAULTS", "MODELS", "DEFENSES", "DEFENSE_LABELS", "ATTACKS", "TABLE1_GRID",
     "TPA_LABELS", "MOVING_RATES", "UPA_SPACES", "ROMOA_CHANGES", "moving_rate", "krum_f",
     "defense_config", "attack_config", "romoa_setting", "error_rate", "error_curve",
-    "defense_style", "table1_cells", "Claim", "check_claims",
+    "defense_style", "table1_cells",
 ]
 
 PAPER_DEFAULTS: dict[str, Any] = dict(protocol="romoa", tau=4, lr=0.001, batch_size=64,
@@ -321,38 +321,3 @@ def table1_cells(ns: Sequence[int], max_adversaries: Optional[Mapping[int, int]]
         cap = None if max_adversaries is None else max_adversaries.get(n)
         out += [(n, m) for m in TABLE1_GRID[n] if cap is None or m <= cap]
     return out
-
-
-@dataclasses.dataclass
-class Claim:
-    """One of the paper's qualitative statements, checked on our numbers."""
-
-    paper: str
-    """What the paper says (quoted or paraphrased with its figure/table)."""
-    holds: bool
-    """Whether our run agrees."""
-    ours: str
-    """What our run shows (the numbers the check used)."""
-    enforce: bool = True
-    """Assert it (our run is expected to support it) or only report it."""
-
-
-def check_claims(claims: Sequence[Claim]) -> list[str]:
-    """Print every claim as "OK …" or "PAPER SAYS …, OUR RUN SHOWS …"; assert the enforced ones.
-
-    Returns the printed lines. Raises AssertionError listing every enforced claim that fails
-    (after printing all of them, so one failure never hides another).
-    """
-    lines, failed = [], []
-    for c in claims:
-        if c.holds:
-            line = f"OK          {c.paper}  [ours: {c.ours}]"
-        else:
-            line = f"PAPER SAYS {c.paper}, OUR RUN SHOWS {c.ours}"
-            if c.enforce:
-                failed.append(line)
-        lines.append(line)
-        print(line)
-    if failed:
-        raise AssertionError("claims our run was expected to support failed:\n" + "\n".join(failed))
-    return lines

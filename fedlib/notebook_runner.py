@@ -1,4 +1,4 @@
-"""Regenerate every figure: ``python -m fedlib.figures [--profile smoke|paper] [stem ...]``.
+"""Regenerate every figure: ``python -m fedlib.notebook_runner [--profile smoke|paper] [stem ...]``.
 
 Each notebook in ``notebooks/`` runs with papermill. The *smoke* profile uses the defaults of
 each notebook's ``parameters`` cell; the *paper* profile injects ``params/<stem>.yaml`` (a flat

@@ -1,5 +1,5 @@
-"""fedlib.paper: Romoa §5 settings as configs, defense/attack mappings, error rates, and the
-notebooks' shared runs (Figs. 5/7 and 6/8 and Table 1's n = 10 cells must be cache hits)."""
+"""fedlib.romoa_settings: Romoa §5 settings as configs, defense/attack mappings, error rates,
+and the notebooks' shared runs (Figs. 5/7 and 6/8 and Table 1's n = 10 cells must be cache hits)."""
 
 from pathlib import Path
 
@@ -7,7 +7,8 @@ import nbformat
 import pytest
 import yaml
 
-from fedlib import paper, runs
+from fedlib import runs
+from fedlib import romoa_settings as rs
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(rounds=4, eval_every=2, eval_size=50, width=0.125)
@@ -15,66 +16,66 @@ SMALL = dict(rounds=4, eval_every=2, eval_size=50, width=0.125)
 
 # ------------------------------------------------------------------ defenses and attacks
 def test_defense_mapping():
-    assert paper.defense_config("baseline") == {"aggregator": "mean", "aggregator_params": {}}
-    assert paper.defense_config("rfa") == {"aggregator": "geometric_median",
+    assert rs.defense_config("baseline") == {"aggregator": "mean", "aggregator_params": {}}
+    assert rs.defense_config("rfa") == {"aggregator": "geometric_median",
                                            "aggregator_params": {}}
-    assert paper.defense_config("romoa-literal") == {"aggregator": "romoa",
+    assert rs.defense_config("romoa-literal") == {"aggregator": "romoa",
                                                      "aggregator_params": {"reading": "literal"}}
-    calibrated = paper.defense_config("romoa-calibrated")["aggregator_params"]
+    calibrated = rs.defense_config("romoa-calibrated")["aggregator_params"]
     assert calibrated == {"reading": "calibrated"}
-    assert paper.defense_config("krum", 10, 1) == {"aggregator": "krum",
+    assert rs.defense_config("krum", 10, 1) == {"aggregator": "krum",
                                                    "aggregator_params": {"f": 1}}
     # aliases give the very same config (same cache key)
-    assert paper.defense_config("mean") == paper.defense_config("baseline")
-    assert paper.defense_config("romoa") == paper.defense_config("romoa-literal")
-    assert paper.defense_config("geometric_median") == paper.defense_config("rfa")
+    assert rs.defense_config("mean") == rs.defense_config("baseline")
+    assert rs.defense_config("romoa") == rs.defense_config("romoa-literal")
+    assert rs.defense_config("geometric_median") == rs.defense_config("rfa")
     with pytest.raises(ValueError, match="unknown defense"):
-        paper.defense_config("bulyan")
+        rs.defense_config("bulyan")
 
 
 @pytest.mark.parametrize("n, m, f", [(10, 1, 1), (10, 3, 3), (10, 4, 3), (20, 6, 6), (20, 9, 8),
                                      (100, 33, 33), (100, 49, 48), (200, 99, 98), (3, 1, 0),
                                      (10, 0, 0)])
 def test_krum_f_is_adversaries_or_largest_valid(n, m, f):
-    assert paper.krum_f(n, m) == f
-    assert n > 2 * paper.krum_f(n, m) + 2
+    assert rs.krum_f(n, m) == f
+    assert n > 2 * rs.krum_f(n, m) + 2
     from fedlib import aggregators
-    aggregators.get("krum", f=paper.krum_f(n, m))       # a valid Krum
+    aggregators.get("krum", f=rs.krum_f(n, m))       # a valid Krum
 
 
 def test_krum_f_rejects_impossible():
     with pytest.raises(ValueError):
-        paper.krum_f(2, 1)
+        rs.krum_f(2, 1)
     with pytest.raises(ValueError):
-        paper.krum_f(10, -1)
+        rs.krum_f(10, -1)
 
 
 def test_attack_mapping():
-    assert paper.attack_config("none") == {"attack": "none", "attack_params": {},
+    assert rs.attack_config("none") == {"attack": "none", "attack_params": {},
                                            "num_attackers": 0}
-    assert paper.attack_config("upa", "mnist", 3) == {"attack": "upa",
+    assert rs.attack_config("upa", "mnist", 3) == {"attack": "upa",
                                                       "attack_params": {"space": "update"},
                                                       "num_attackers": 3}
-    assert paper.attack_config("upa", upa_space="model")["attack_params"] == {"space": "model"}
-    assert paper.attack_config("adaptive", "mnist", 2) == {"attack": "rule_search",
+    assert rs.attack_config("upa", upa_space="model")["attack_params"] == {"space": "model"}
+    assert rs.attack_config("adaptive", "mnist", 2) == {"attack": "rule_search",
                                                            "attack_params": {}, "num_attackers": 2}
     with pytest.raises(ValueError, match="upa_space"):
-        paper.attack_config("upa", upa_space="weights")
-    assert paper.attack_config("tpa", "mnist")["attack_params"] == {"source": 6, "poison": 3}
-    assert paper.attack_config("tpa", "cifar10")["attack_params"] == {"source": 6, "poison": 2}
-    assert paper.attack_config("tpa", "mnist", 1, {"stealth": 0.5})["attack_params"] == \
+        rs.attack_config("upa", upa_space="weights")
+    assert rs.attack_config("tpa", "mnist")["attack_params"] == {"source": 6, "poison": 3}
+    assert rs.attack_config("tpa", "cifar10")["attack_params"] == {"source": 6, "poison": 2}
+    assert rs.attack_config("tpa", "mnist", 1, {"stealth": 0.5})["attack_params"] == \
         {"source": 6, "poison": 3, "stealth": 0.5}
     with pytest.raises(ValueError, match="unknown attack"):
-        paper.attack_config("ipm")
+        rs.attack_config("ipm")
     with pytest.raises(ValueError, match="adversaries"):
-        paper.attack_config("upa", "mnist", 0)
+        rs.attack_config("upa", "mnist", 0)
     with pytest.raises(ValueError, match="no parameters"):
-        paper.attack_config("none", params={"stealth": 1.0})
+        rs.attack_config("none", params={"stealth": 1.0})
 
 
 # ------------------------------------------------------------------------------ settings
 def test_paper_defaults():
-    cfg = paper.romoa_setting()
+    cfg = rs.romoa_setting()
     assert set(cfg) == {f for f in runs.RunConfig.__dataclass_fields__}
     assert (cfg["dataset"], cfg["model"], cfg["num_clients"], cfg["num_attackers"]) == \
         ("mnist", "romoa-mnist", 10, 1)
@@ -82,103 +83,103 @@ def test_paper_defaults():
         (0.001, 64, "romoa", 4, 0.1)                          # γ = 1/n, the printed value
     assert cfg["attack_params"] == {"space": "update"}
     assert cfg["partition"] == "iid" and cfg["attack"] == "upa" and cfg["aggregator"] == "mean"
-    assert paper.romoa_setting("cifar10", "rfa", "tpa")["model"] == "romoa-cifar"
-    t1 = paper.romoa_setting("mnist", "krum", "upa", n=20, adversaries=9)
+    assert rs.romoa_setting("cifar10", "rfa", "tpa")["model"] == "romoa-cifar"
+    t1 = rs.romoa_setting("mnist", "krum", "upa", n=20, adversaries=9)
     assert t1["aggregator_params"] == {"f": 8} and t1["num_attackers"] == 9
-    tpa = paper.romoa_setting(attack="tpa", profile_overrides={"tau": 5})
+    tpa = rs.romoa_setting(attack="tpa", profile_overrides={"tau": 5})
     assert tpa["attack_params"] == {"source": 6, "poison": 3, "moving_rate": 0.1}
-    sync = paper.romoa_setting(attack="tpa", profile_overrides={"protocol": "sync"})
+    sync = rs.romoa_setting(attack="tpa", profile_overrides={"protocol": "sync"})
     assert "moving_rate" not in sync["attack_params"]
-    none = paper.romoa_setting(defense="krum", attack="none", adversaries=2)
+    none = rs.romoa_setting(defense="krum", attack="none", adversaries=2)
     assert none["num_attackers"] == 0 and none["aggregator_params"] == {"f": 2}
 
 
 def test_moving_rate_upa_space_and_romoa_options_are_explicit():
-    assert paper.moving_rate(10) == 0.1 and paper.moving_rate(20, "1/n") == 0.05
-    assert paper.moving_rate(10, "1") == 1.0 and paper.moving_rate(10, 0.5) == 0.5
+    assert rs.moving_rate(10) == 0.1 and rs.moving_rate(20, "1/n") == 0.05
+    assert rs.moving_rate(10, "1") == 1.0 and rs.moving_rate(10, 0.5) == 0.5
     for bad in ("1/2", 0.0, 1.5, True):
         with pytest.raises(ValueError, match="moving_rate"):
-            paper.moving_rate(10, bad)
-    assert paper.romoa_setting(n=20, adversaries=1)["moving_rate"] == 0.05
-    assert paper.romoa_setting(moving_rate="1")["moving_rate"] == 1.0
+            rs.moving_rate(10, bad)
+    assert rs.romoa_setting(n=20, adversaries=1)["moving_rate"] == 0.05
+    assert rs.romoa_setting(moving_rate="1")["moving_rate"] == 1.0
     with pytest.raises(ValueError, match="set by romoa_setting"):
-        paper.romoa_setting(profile_overrides={"moving_rate": 1.0})
-    assert paper.romoa_setting(upa_space="model")["attack_params"] == {"space": "model"}
-    cfg = paper.romoa_setting(defense="romoa-literal",
+        rs.romoa_setting(profile_overrides={"moving_rate": 1.0})
+    assert rs.romoa_setting(upa_space="model")["attack_params"] == {"space": "model"}
+    cfg = rs.romoa_setting(defense="romoa-literal",
                               romoa_options={"generating": "cluster_penalty"})
     assert cfg["aggregator_params"] == {"reading": "literal", "generating": "cluster_penalty"}
     with pytest.raises(ValueError, match="generating"):
-        paper.romoa_setting(defense="romoa-literal", romoa_options={"generating": "clustered"})
+        rs.romoa_setting(defense="romoa-literal", romoa_options={"generating": "clustered"})
     with pytest.raises(ValueError, match="Romoa defenses only"):
-        paper.romoa_setting(defense="krum", romoa_options={"generating": "cluster_penalty"})
+        rs.romoa_setting(defense="krum", romoa_options={"generating": "cluster_penalty"})
     # the five changes between the presets, each a named option
     from fedlib.romoa import Romoa
-    built = Romoa("literal", **{k: v for ch in paper.ROMOA_CHANGES.values() for k, v in ch.items()})
+    built = Romoa("literal", **{k: v for ch in rs.ROMOA_CHANGES.values() for k, v in ch.items()})
     cal = Romoa("calibrated")
     assert built.options == cal.options and built.bandwidth == cal.bandwidth
 
 
 def test_every_defense_uses_the_same_fl_setting():
-    cfgs = [paper.romoa_setting("mnist", d, "upa", profile_overrides=SMALL) for d in paper.DEFENSES]
+    cfgs = [rs.romoa_setting("mnist", d, "upa", profile_overrides=SMALL) for d in rs.DEFENSES]
     keep = {"aggregator", "aggregator_params"}
     strip = [{k: v for k, v in c.items() if k not in keep} for c in cfgs]
     assert all(s == strip[0] for s in strip) and strip[0]["protocol"] == "romoa"
 
 
 def test_overrides_and_their_validation():
-    cfg = paper.romoa_setting(profile_overrides=dict(SMALL, lr=0.1, partition="one-class"))
+    cfg = rs.romoa_setting(profile_overrides=dict(SMALL, lr=0.1, partition="one-class"))
     assert cfg["lr"] == 0.1 and cfg["rounds"] == 4 and cfg["partition"] == "one-class"
     # the same setting built twice (any key order) is the same dict, hence the same cache key
-    again = paper.romoa_setting(profile_overrides=dict(reversed(list(dict(SMALL, lr=0.1,
+    again = rs.romoa_setting(profile_overrides=dict(reversed(list(dict(SMALL, lr=0.1,
                                                                          partition="one-class").items()))))
     assert again == cfg
     key = runs.config_key(runs.RunConfig.from_dict(cfg))
     assert key == runs.config_key(runs.RunConfig.from_dict(again))
     with pytest.raises(ValueError, match="unknown profile keys"):
-        paper.romoa_setting(profile_overrides={"learning_rate": 0.1})
+        rs.romoa_setting(profile_overrides={"learning_rate": 0.1})
     with pytest.raises(ValueError, match="set by romoa_setting"):
-        paper.romoa_setting(profile_overrides={"num_clients": 20})
+        rs.romoa_setting(profile_overrides={"num_clients": 20})
     with pytest.raises(ValueError, match="set by romoa_setting"):
-        paper.romoa_setting(profile_overrides={"aggregator": "median"})
+        rs.romoa_setting(profile_overrides={"aggregator": "median"})
     with pytest.raises(ValueError, match="unknown dataset"):
-        paper.romoa_setting("fashion-mnist")
+        rs.romoa_setting("fashion-mnist")
     with pytest.raises(ValueError, match="num_attackers"):       # RunConfig's own validation
-        paper.romoa_setting(n=10, adversaries=10)
+        rs.romoa_setting(n=10, adversaries=10)
     with pytest.raises(ValueError, match="lr"):
-        paper.romoa_setting(profile_overrides={"lr": -1.0})
+        rs.romoa_setting(profile_overrides={"lr": -1.0})
 
 
 def test_table1_cells():
-    assert paper.table1_cells([10, 20]) == [(10, 1), (10, 3), (10, 4), (20, 1), (20, 6), (20, 9)]
-    assert paper.table1_cells([10, 20], {10: 1, 20: 6}) == [(10, 1), (20, 1), (20, 6)]
-    for n, ms in paper.TABLE1_GRID.items():
+    assert rs.table1_cells([10, 20]) == [(10, 1), (10, 3), (10, 4), (20, 1), (20, 6), (20, 9)]
+    assert rs.table1_cells([10, 20], {10: 1, 20: 6}) == [(10, 1), (20, 1), (20, 6)]
+    for n, ms in rs.TABLE1_GRID.items():
         assert all(m < -(-n // 2) for m in ms)               # fewer than ⌈n/2⌉ (Theorem 1)
     with pytest.raises(ValueError):
-        paper.table1_cells([50])
+        rs.table1_cells([50])
 
 
 # ---------------------------------------------------------------------------- error rate
 def test_error_rate_definitions():
     h = {"round": [0, 5, 10], "test_accuracy": [0.1, 0.6, 0.9],
          "target_poison_confidence": [0.1, 0.5, 0.7]}
-    assert paper.error_curve(h, "upa") == pytest.approx([0.9, 0.4, 0.1])
-    assert paper.error_curve(h, "none") == pytest.approx([0.9, 0.4, 0.1])
-    assert paper.error_curve(h, "adaptive") == pytest.approx([0.9, 0.4, 0.1])
-    assert paper.error_curve(h, "tpa") == pytest.approx([0.1, 0.5, 0.7])
-    assert paper.error_rate(h, "upa") == pytest.approx(0.1)
-    assert paper.error_rate(h, "tpa", last=2) == pytest.approx(0.6)
+    assert rs.error_curve(h, "upa") == pytest.approx([0.9, 0.4, 0.1])
+    assert rs.error_curve(h, "none") == pytest.approx([0.9, 0.4, 0.1])
+    assert rs.error_curve(h, "adaptive") == pytest.approx([0.9, 0.4, 0.1])
+    assert rs.error_curve(h, "tpa") == pytest.approx([0.1, 0.5, 0.7])
+    assert rs.error_rate(h, "upa") == pytest.approx(0.1)
+    assert rs.error_rate(h, "tpa", last=2) == pytest.approx(0.6)
     with pytest.raises(ValueError, match="target"):
-        paper.error_rate({"round": [0], "test_accuracy": [0.5]}, "tpa")
+        rs.error_rate({"round": [0], "test_accuracy": [0.5]}, "tpa")
     with pytest.raises(ValueError):
-        paper.error_rate(h, "upa", last=0)
+        rs.error_rate(h, "upa", last=0)
     with pytest.raises(ValueError):
-        paper.error_rate({"x": 1}, "upa")
+        rs.error_rate({"x": 1}, "upa")
 
 
 def test_defense_style_distinguishes_the_two_romoa_readings():
-    lit, cal = paper.defense_style("romoa-literal"), paper.defense_style("romoa-calibrated")
+    lit, cal = rs.defense_style("romoa-literal"), rs.defense_style("romoa-calibrated")
     assert lit["color"] == cal["color"] and lit["ls"] != cal["ls"] and lit["label"] != cal["label"]
-    assert len({paper.defense_style(d)["label"] for d in paper.DEFENSES}) == len(paper.DEFENSES)
+    assert len({rs.defense_style(d)["label"] for d in rs.DEFENSES}) == len(rs.DEFENSES)
 
 
 # ----------------------------------------------------------------- the settings actually run
@@ -187,12 +188,12 @@ def test_settings_run_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDLIB_CACHE", str(tmp_path / "cache"))
     prof = dict(rounds=4, eval_every=4, eval_size=100, lr=0.1, batch_size=16, model="digits-cnn",
                 device="cpu")
-    for defense in paper.DEFENSES:
+    for defense in rs.DEFENSES:
         for attack in ("upa", "tpa", "adaptive"):
-            cfg = paper.romoa_setting("mnist", defense, attack, profile_overrides=prof)
+            cfg = rs.romoa_setting("mnist", defense, attack, profile_overrides=prof)
             cfg["dataset"] = "digits"            # same setting on the offline-free test data
             res = runs.run(cfg, progress=False)
-            err = paper.error_rate(res, attack)
+            err = rs.error_rate(res, attack)
             assert 0.0 <= err <= 1.0
             if attack == "tpa":
                 assert len(res.history["target_poison_confidence"]) == 2
@@ -256,16 +257,3 @@ def test_table1_runs_the_figure_settings(profile):
         assert t1["rounds_at_n"][20] % every == 0 == t1["rounds_at_n"][10] % every
     else:
         assert t1["rounds_at_n"] == {} and t1["workers"] == 1
-
-
-def test_check_claims_prints_contradictions_and_asserts_enforced(capsys):
-    ok = paper.Claim("Romoa beats the baseline", True, "0.02 < 0.88")
-    soft = paper.Claim("RFA beats Krum", False, "0.30 > 0.10", enforce=False)
-    lines = paper.check_claims([ok, soft])
-    out = capsys.readouterr().out
-    assert lines[0].startswith("OK")
-    assert "PAPER SAYS RFA beats Krum, OUR RUN SHOWS 0.30 > 0.10" in out
-    hard = paper.Claim("Krum is broken", False, "err 0.05")
-    with pytest.raises(AssertionError, match="Krum is broken"):
-        paper.check_claims([hard, soft])
-    assert "PAPER SAYS RFA beats Krum" in capsys.readouterr().out     # printed before raising

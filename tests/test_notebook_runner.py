@@ -1,8 +1,8 @@
-"""``fedlib.figures``: a notebook that produced no figure (data missing) is listed as skipped."""
+"""``fedlib.notebook_runner``: a notebook that produced no figure (data missing) is skipped."""
 
 import json
 
-from fedlib import figures
+from fedlib import notebook_runner
 
 
 def _executed(tmp_path, texts):
@@ -17,9 +17,9 @@ def _executed(tmp_path, texts):
 
 def test_skip_marker_is_found(tmp_path):
     path = _executed(tmp_path, ["3 runs\n", "FIGURE SKIPPED: emnist-balanced is missing\nmore\n"])
-    assert figures.skipped_reason(path) == "emnist-balanced is missing"
+    assert notebook_runner.skipped_reason(path) == "emnist-balanced is missing"
 
 
 def test_no_marker_means_not_skipped(tmp_path):
     path = _executed(tmp_path, ["all fine\n", "the words FIGURE SKIPPED: mid-line do not count\n"])
-    assert figures.skipped_reason(path) is None
+    assert notebook_runner.skipped_reason(path) is None
