@@ -21,13 +21,7 @@ from fedlib.inversion import (DenoisingAutoencoder, DistributionLearner, add_noi
 from fedlib.inversion.gradient import _objective_fns
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Double backward of a tiny model is hundreds of small ops: one thread is fastest."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

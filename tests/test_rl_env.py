@@ -19,12 +19,7 @@ from fedlib.rl import actions as act
 from fedlib.rl.sim import scale_last_layer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(**kw) -> EnvConfig:
