@@ -7,7 +7,10 @@ single ``torch.save`` file of tensors, numbers, strings, lists and dicts only, s
 ``torch.load(weights_only=True)``: no Python object is pickled. Aggregator and attack state is
 taken by a generic walk of the objects' ``__dict__`` (:func:`plain_state`) and put back onto
 freshly built objects of the same config (:func:`load_plain_state`); functions and modules are
-skipped (the config rebuilds them), nested fedlib objects are walked in turn.
+skipped (the config rebuilds them), nested fedlib objects are walked in turn. An object that
+holds live objects the walk cannot rebuild (L2A's online RL attack: its policy network, the
+distribution learner, the simulator) says what its state is instead, with ``state_dict()`` and
+``load_state_dict(state)`` (not ``torch.nn.Module``s, whose weights are stored as such).
 
 Every random draw of a federation comes from streams keyed by (seed, purpose, round), so the round
 counter and these tensors describe the state fully: a run resumed from a checkpoint finishes
@@ -32,12 +35,14 @@ import torch
 from torch import Tensor
 
 __all__ = ["plain_state", "load_plain_state", "federation_state", "load_federation_state",
-           "save_checkpoint", "load_checkpoint", "FORMAT"]
+           "save_checkpoint", "load_checkpoint", "FORMAT", "STATE_DICT"]
 
 FORMAT = 1
 """Version of the checkpoint layout (a checkpoint of another layout is ignored)."""
 
 _TAG = "__fedlib_state__"
+STATE_DICT = "__state_dict__"
+"""The key under which :func:`plain_state` stores the ``state_dict()`` of an object that has one."""
 _SKIP = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType, type,
          functools.partial)
 
@@ -149,14 +154,29 @@ def decode(value: Any, into: Any = None) -> Any:
     raise ValueError(f"unknown checkpoint entry {kind!r}")
 
 
+def _states_itself(obj: Any) -> bool:
+    """Whether ``obj``'s class defines ``state_dict``/``load_state_dict`` (not a network)."""
+    cls = type(obj)
+    return (not isinstance(obj, torch.nn.Module) and callable(getattr(cls, "state_dict", None))
+            and callable(getattr(cls, "load_state_dict", None)))
+
+
 def plain_state(obj: Any) -> dict[str, Any]:
     """The state of an aggregator or attack: its ``__dict__`` as tensors and plain data (functions,
-    classes, modules and networks skipped: the config rebuilds them)."""
+    classes, modules and networks skipped: the config rebuilds them), or its ``state_dict()``."""
+    if _states_itself(obj):
+        return {STATE_DICT: encode(obj.state_dict())}
     return {k: encode(v) for k, v in vars(obj).items() if not _skipped(v)}
 
 
 def load_plain_state(obj: Any, state: dict[str, Any]) -> None:
     """Put a :func:`plain_state` back onto ``obj`` (freshly built from the same config)."""
+    if STATE_DICT in state:
+        if not _states_itself(obj):
+            raise ValueError(f"the checkpoint holds a state_dict but a {type(obj).__name__} "
+                             "cannot load one")
+        obj.load_state_dict(decode(state[STATE_DICT]))
+        return
     fields = {f.name for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else set()
     for k, v in state.items():
         value = decode(v, getattr(obj, k, None) if k in vars(obj) or k in fields else None)

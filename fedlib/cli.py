@@ -162,7 +162,8 @@ def _sweep(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     results = runs.run_many(configs, workers=args.workers, backend=args.backend,
                             address=args.address, num_cpus=args.num_cpus,
-                            num_gpus=args.num_gpus, progress=not args.quiet)
+                            num_gpus=args.num_gpus, progress=not args.quiet,
+                            checkpoint_every=args.checkpoint_every)
     rows = [{**{k: str(v) if isinstance(v, (dict, list)) else v for k, v in p.items()},
              **final_metrics(r)} for p, r in zip(points, results)]
     table = pd.DataFrame(rows)
@@ -183,8 +184,6 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("config", help="YAML mapping of run config fields")
     r.add_argument("--out", help="CSV of the history (default: CONFIG with .csv)")
     r.add_argument("--no-cache", action="store_true", help="neither read nor write the run cache")
-    r.add_argument("--checkpoint-every", type=int, default=100, metavar="K",
-                   help="rounds between checkpoints of a cached run (default 100)")
     s = sub.add_parser("sweep", help="a Cartesian grid of runs; one CSV row per run")
     s.add_argument("grid", help="YAML with 'base' (a run config) and 'grid' (field: [values])")
     s.add_argument("--out", help="CSV of the summary (default: GRID with .csv)")
@@ -197,6 +196,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--num-gpus", type=float, default=None,
                    help="GPUs per Ray task, fractions allowed (default $FEDLIB_RAY_NUM_GPUS or 0)")
     for q in (r, s):
+        q.add_argument("--checkpoint-every", type=int, default=100, metavar="K",
+                       help="rounds between checkpoints of a cached run (default 100)")
         q.add_argument("--threads", type=int, default=None, help="torch threads of this process")
         q.add_argument("--quiet", action="store_true", help="no progress bars")
     return p

@@ -44,6 +44,10 @@ class Task:
     clients: list[Tensor]
     num_classes: int
     device: torch.device
+    iid_pool: bool = False
+    """True: clients have no partitions; every client's minibatches are i.i.d. draws (with
+    replacement) from the whole training set, one stream per replica and round (the attackers'
+    simulator of L2A §4.3, whose benign clients all sample the learned distribution P̃)."""
 
     def forward(self, theta: Tensor, x: Tensor) -> Tensor:
         """Logits of the model with flat parameters θ (d,) on inputs x."""
@@ -77,12 +81,16 @@ def draw_batch(n_items: int, batch_size: int, generator: torch.Generator) -> Ten
 def sample_batches(task: Task, client_ids: Sequence[int] | Tensor, round: int, steps: int,
                    batch_size: int, seed: int) -> Tensor:
     """(n, steps, B) indices into the training set: each client's minibatches for a round."""
+    if task.iid_pool:
+        g = torch.Generator().manual_seed(seed_for(seed, "pool-batches", round))
+        return torch.randint(len(task.x_train), (len(client_ids), steps, batch_size),
+                             generator=g).to(task.device)
     out = torch.empty(len(client_ids), steps, batch_size, dtype=torch.long)
     for row, c in enumerate(torch.as_tensor(client_ids).tolist()):
         own = task.clients[c]
         g = client_stream(seed, round, c)
-        for s in range(steps):
-            out[row, s] = own[draw_batch(len(own), batch_size, g)].cpu()
+        pos = [draw_batch(len(own), batch_size, g) for _ in range(steps)]
+        out[row] = own[torch.stack(pos)].cpu()
     return out.to(task.device)
 
 

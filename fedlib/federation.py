@@ -15,6 +15,17 @@ local training is one ``vmap`` over replicas × clients and aggregation one call
 (rules with ``batched = True``; others, e.g. Romoa, get one instance per replica). B = 1 is the
 plain single run.
 
+**Separate clocks.** With ``separate_clocks=True`` each replica keeps its own round counter
+(``fed.rounds``): :meth:`Federation.step` may advance a subset of replicas (``rows=``) and
+:meth:`Federation.reset_replicas` restarts some replicas from θ₀ with new seeds, the others
+untouched. The attackers' simulator of L2A (:mod:`fedlib.rl.sim`) runs its episodes this way; a
+stateful rule (centered clipping's momentum) then gets one instance per replica. Romoa's lookahead
+protocol syncs every τ iterations of a shared clock and steps all replicas together.
+
+**Non-finite values.** ``nonfinite="abort"`` (runs): a non-finite aggregate aborts the run.
+``nonfinite="skip"`` (a simulated server that must survive any attack): a non-finite upload counts
+as a zero update and an aggregate that would make θ non-finite is not applied.
+
 **Randomness.** Every random draw comes from a stream derived from (seed, purpose, round[, client])
 by :func:`fedlib.engine.seed_for`, so the state of a federation is fully described by its round
 counter and tensors: no generator state needs saving. Dropout draws inside local training come
@@ -31,9 +42,10 @@ written down as Protocols in :mod:`fedlib.interfaces` (``AggregationRule``, ``At
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -48,6 +60,14 @@ from .protocols import Hook, protocol_for
 from .tasks import build_attack, build_task, load_data, server_update_fn
 
 Observer = Callable[["Federation", "StepResult"], None]
+NONFINITE = ("abort", "skip")
+
+
+def _stateful(agg: Any) -> bool:
+    """Whether a rule keeps state across calls (it overrides ``reset``, e.g. centered clipping)."""
+    from .aggregators.registry import Aggregator
+    reset = getattr(type(agg), "reset", None)
+    return reset is not None and reset is not Aggregator.reset
 
 
 @dataclass
@@ -106,8 +126,12 @@ class Federation:
     """B replicas of one federated setting (a validated :class:`fedlib.runs.RunConfig`)."""
 
     def __init__(self, task: Task | Sequence[Task], cfg: Any, seeds: Optional[Sequence[int]] = None,
-                 *, theta0: Optional[Tensor] = None, aggregator: Any = None, attack: Any = None):
+                 *, theta0: Optional[Tensor] = None, aggregator: Any = None, attack: Any = None,
+                 server_update: Optional[Callable[[Tensor], Tensor]] = None,
+                 separate_clocks: bool = False, nonfinite: str = "abort"):
         from . import aggregators
+        if nonfinite not in NONFINITE:
+            raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
         self.cfg = cfg = RunConfig.from_dict(cfg)
         self.seeds = [int(s) for s in (seeds if seeds is not None else [cfg.seed])]
         B = len(self.seeds)
@@ -134,21 +158,31 @@ class Federation:
             raise ValueError(f"theta0 must be (d,) or (B, d) = ({B}, {self.task.spec.dim}), "
                              f"got {tuple(theta.shape)}")
         self.theta = theta.detach()
-        self.round = 0
+        self.theta0 = self.theta.clone()
+        self.rounds = [0] * B
+        self.separate_clocks, self.nonfinite = bool(separate_clocks), nonfinite
         self.malicious = torch.zeros(self.num_clients, dtype=torch.bool)
         self.malicious[: cfg.num_attackers] = True
-        self.attacker_data = [self._attacker_data(t) for t in self.tasks]
+        self._attacker_cache: dict[int, tuple[Tensor, Tensor]] = {}
         agg = aggregator if aggregator is not None else \
             aggregators.get(cfg.aggregator, **cfg.aggregator_params)
         self.batched_aggregator = B == 1 or bool(getattr(agg, "batched", False))
+        if separate_clocks and _stateful(agg):
+            self.batched_aggregator = False              # each replica's state on its own clock
+        self._pristine_aggregator = copy.deepcopy(agg)
         self.aggregators = [agg] if self.batched_aggregator else \
             [agg] + [copy.deepcopy(agg) for _ in range(B - 1)]
         needs = getattr(agg, "needs_server_update", False)
         if needs and not self.protocol.provides_server_update:
             raise ValueError(f"aggregator {cfg.aggregator!r} needs a server update, which protocol "
                              f"{cfg.protocol!r} does not provide")
-        self.server_updates = [server_update_fn(cfg, t, s)
-                               for t, s in zip(self.tasks, self.seeds)] if needs else None
+        if server_update is not None:
+            self.server_updates = [lambda th, _f=server_update: _f(th.unsqueeze(0))[0]] * B
+            self._batched_server_update = server_update
+        else:
+            self.server_updates = [server_update_fn(cfg, t, s)
+                                   for t, s in zip(self.tasks, self.seeds)] if needs else None
+            self._batched_server_update = None
         if attack is not None:
             self.attacks = [attack] + [copy.deepcopy(attack) for _ in range(B - 1)]
         else:
@@ -178,19 +212,79 @@ class Federation:
         tasks = [build_task(dataclasses.replace(base, seed=s), loaded) for s in seeds]
         return cls(tasks, base, seeds)
 
+    # ------------------------------------------------------------------ clocks
+    @property
+    def round(self) -> int:
+        """t: the rounds (iterations) completed, the same in every replica (else see ``rounds``)."""
+        t = self.rounds[0]
+        if any(r != t for r in self.rounds):
+            raise RuntimeError(f"the replicas' clocks differ ({self.rounds}); read fed.rounds")
+        return t
+
+    @round.setter
+    def round(self, t: int) -> None:
+        self.rounds = [int(t)] * len(self.seeds)
+
     # ------------------------------------------------------------------ stepping
     def next_clients(self) -> Tensor:
-        """(B, w) the clients the server samples in the next round (deterministic)."""
-        return self.protocol.sample(self, self.round)
+        """(B, w) the clients the server samples in each replica's next round (deterministic)."""
+        return self.protocol.sample(self)
 
-    def step(self, malicious: Optional[Hook] = None) -> StepResult:
-        """Advance every replica by one round (sync) or one iteration (Romoa's protocol)."""
+    def step(self, malicious: Optional[Hook] = None,
+             rows: Optional[Sequence[int]] = None) -> StepResult:
+        """Advance every replica (or, with separate clocks, the replicas ``rows``) by one round
+        (sync) or one iteration (Romoa's protocol); the result holds the stepped rows only."""
+        if rows is not None and list(rows) != list(range(len(self.seeds))):
+            if not self.separate_clocks:
+                raise ValueError("stepping a subset of replicas needs separate_clocks=True")
+            with self._only(list(rows)):
+                return self.step(malicious)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(engine.seed_for(self.seeds[0], "round", self.round))
+            torch.manual_seed(engine.seed_for(self.seeds[0], "round", self.rounds[0]))
             result = self.protocol.step(self, malicious)
-        self.round += 1
+        self.rounds = [r + 1 for r in self.rounds]
         return result
+
+    def reset_replicas(self, rows: Sequence[int], seeds: Sequence[int]) -> None:
+        """Restart replicas ``rows`` from θ₀ at round 0 with new ``seeds`` (separate clocks)."""
+        if not self.separate_clocks:
+            raise ValueError("resetting replicas needs separate_clocks=True")
+        for b, s in zip(rows, seeds, strict=True):
+            self.seeds[b], self.rounds[b] = int(s), 0
+            self.theta[b] = self.theta0[b]
+            if not self.batched_aggregator:
+                self.aggregators[b] = copy.deepcopy(self._pristine_aggregator)
+        self.protocol_state = self.protocol.reset_rows(self.protocol_state, self.theta, rows)
+
+    @contextlib.contextmanager
+    def _only(self, rows: list[int]) -> Iterator[None]:
+        """Narrow the federation to replicas ``rows`` and write their new state back after."""
+        names = ("seeds", "tasks", "rounds", "attacks", "server_updates",
+                 "theta", "protocol_state", "_pool")
+        full = {k: getattr(self, k) for k in names}
+        full_aggs = self.aggregators
+        pick = torch.tensor(rows, device=self.theta.device)
+        for k in ("seeds", "tasks", "rounds", "attacks"):
+            setattr(self, k, [full[k][b] for b in rows])
+        if full["server_updates"] is not None:
+            self.server_updates = [full["server_updates"][b] for b in rows]
+        if not self.batched_aggregator:
+            self.aggregators = [full_aggs[b] for b in rows]
+        self.theta = full["theta"][pick]
+        self.protocol_state = {k: v[pick] for k, v in full["protocol_state"].items()}
+        self._pool = None
+        try:
+            yield
+            full["theta"][pick] = self.theta
+            for b, r in zip(rows, self.rounds):
+                full["rounds"][b] = r
+            for k, v in self.protocol_state.items():
+                full["protocol_state"][k][pick] = v
+        finally:
+            for k, v in full.items():
+                setattr(self, k, v)
+            self.aggregators = full_aggs
 
     def run(self, rounds: int, observers: Sequence[Observer] = (), progress: bool = True) -> Tensor:
         """Step ``rounds`` times, calling every observer after each step; returns θ (B, d)."""
@@ -206,7 +300,8 @@ class Federation:
     def snapshot(self) -> dict[str, Any]:
         """The full state (θ, counter, protocol, aggregator and attack state), a detached copy."""
         memo = self._shared_memo()
-        return copy.deepcopy({"round": self.round, "theta": self.theta,
+        return copy.deepcopy({"rounds": list(self.rounds), "seeds": list(self.seeds),
+                              "theta": self.theta,
                               "protocol_state": self.protocol_state,
                               "aggregators": self.aggregators, "attacks": self.attacks}, memo)
 
@@ -216,7 +311,10 @@ class Federation:
         if snap["theta"].shape != self.theta.shape:
             raise ValueError(f"snapshot θ has shape {tuple(snap['theta'].shape)}, this federation "
                              f"{tuple(self.theta.shape)}")
-        self.round, self.theta = int(snap["round"]), snap["theta"]
+        self.rounds = [int(r) for r in snap["rounds"]] if "rounds" in snap else \
+            [int(snap["round"])] * len(self.seeds)
+        self.seeds = [int(s) for s in snap.get("seeds", self.seeds)]
+        self.theta = snap["theta"]
         self.protocol_state = snap["protocol_state"]
         self.aggregators, self.attacks = snap["aggregators"], snap["attacks"]
 
@@ -226,7 +324,7 @@ class Federation:
         for t in self.tasks:
             for obj in (t, t.model, t.x_train, t.y_train, t.x_test, t.y_test, *t.clients):
                 memo[id(obj)] = obj
-        for x, y in self.attacker_data:
+        for x, y in self._attacker_cache.values():
             memo[id(x)], memo[id(y)] = x, y
         return memo
 
@@ -262,32 +360,44 @@ class Federation:
         return w[b] if w.dim() == 2 else w
 
     # ------------------------------------------------------------------ pieces protocols call
-    def for_each_replica(self, t: int, fn: Callable[[int], None],
+    def for_each_replica(self, fn: Callable[[int], None],
                          batched: Optional[Callable[[], None]] = None) -> None:
         """Run ``fn(b)`` for every replica in its own dropout stream, or ``batched()`` once."""
         if batched is not None and len(self.seeds) > 1 and self.strategy == "vmap":
             batched()
             return
         for b, s in enumerate(self.seeds):
-            torch.manual_seed(engine.seed_for(s, "round", t))
+            torch.manual_seed(engine.seed_for(s, "round", self.rounds[b]))
             fn(b)
 
-    def local_train(self, b: int, starts: Tensor, ids: Tensor, t: int, steps: int) -> Tensor:
+    def local_train(self, b: int, starts: Tensor, ids: Tensor, steps: int) -> Tensor:
         """Replica ``b``'s clients ``ids`` take ``steps`` SGD steps from ``starts`` (n, d)."""
         task = self.tasks[b]
-        batches = engine.sample_batches(task, ids, t, steps, self.cfg.batch_size, self.seeds[b])
+        batches = engine.sample_batches(task, ids, self.rounds[b], steps, self.cfg.batch_size,
+                                        self.seeds[b])
         strategy = self.cfg.strategy if len(self.seeds) == 1 else self.strategy
         return engine.local_sgd(task, starts, batches, self.cfg.lr, strategy)
 
-    def local_train_all(self, starts: Tensor, ids: Tensor, t: int, steps: int) -> Tensor:
-        """Every replica's clients at once: starts (B, n, d), ids (B, n) → (B, n, d), one vmap."""
+    def local_train_all(self, starts: Tensor, ids: Tensor, steps: int,
+                        keep: Optional[Tensor] = None) -> Tensor:
+        """Every replica's clients at once: starts (B, n, d), ids (B, n) → (B, n, d), one vmap;
+        with ``keep`` (B, n) bool only those clients train (the others return their start)."""
         pool, offsets = self._pooled()
         B, n, d = starts.shape
+        if keep is None:
+            keep = torch.ones(B, n, dtype=torch.bool)
+        keep = keep.cpu()
         batches = torch.cat([
-            engine.sample_batches(task, ids[b], t, steps, self.cfg.batch_size, s) + offsets[b]
-            for b, (task, s) in enumerate(zip(self.tasks, self.seeds))])
-        out = engine.local_sgd(pool, starts.reshape(B * n, d), batches, self.cfg.lr, "vmap")
-        return out.reshape(B, n, d)
+            engine.sample_batches(task, ids[b][keep[b]], t, steps, self.cfg.batch_size, s)
+            + offsets[b]
+            for b, (task, s, t) in enumerate(zip(self.tasks, self.seeds, self.rounds))])
+        if bool(keep.all()):
+            out = engine.local_sgd(pool, starts.reshape(B * n, d), batches, self.cfg.lr, "vmap")
+            return out.reshape(B, n, d)
+        out = starts.clone()
+        dev = keep.to(starts.device)
+        out[dev] = engine.local_sgd(pool, starts[dev], batches, self.cfg.lr, "vmap")
+        return out
 
     def _pooled(self) -> tuple[Task, list[int]]:
         """One task whose training set holds every replica's (each once) and the index offsets."""
@@ -307,6 +417,17 @@ class Federation:
             self._pool = (pool, offsets)
         return self._pool
 
+    @property
+    def attacker_data(self) -> list[tuple[Tensor, Tensor]]:
+        """Each replica's (x, y): the union of the malicious clients' local data."""
+        return [self._attacker_data_of(t) for t in self.tasks]
+
+    def _attacker_data_of(self, task: Task) -> tuple[Tensor, Tensor]:
+        """The attackers' data of ``task``, built on first use and shared by its replicas."""
+        if id(task) not in self._attacker_cache:
+            self._attacker_cache[id(task)] = self._attacker_data(task)
+        return self._attacker_cache[id(task)]
+
     def _attacker_data(self, task: Task) -> tuple[Tensor, Tensor]:
         M = self.cfg.num_attackers
         idx = torch.cat([task.clients[i] for i in range(M)]) if M else \
@@ -317,8 +438,8 @@ class Federation:
                local_steps: int) -> Tensor:
         """The hook (or the configured attack) crafts the malicious rows in place; (B, n) mask."""
         mal = self.malicious[ids.cpu()].to(uploads.device)
-        t = self.round
         for b, s in enumerate(self.seeds):
+            t = self.rounds[b]
             attack = hook if hook is not None else self.attacks[b]
             if attack is None or not bool(mal[b].any()):
                 continue
@@ -329,7 +450,7 @@ class Federation:
                 batch_size=self.cfg.batch_size, local_steps=local_steps,
                 honest_updates=uploads[b][mal[b]], benign_updates=uploads[b][~mal[b]],
                 num_clients=uploads.shape[1], aggregator=self._rule_for_attack(b),
-                data=self.attacker_data[b],
+                data=self._attacker_data_of(task),
                 train=lambda th, x, y, steps, lr_, bs, ascent=False, _t=task, _g=g: engine.sgd(
                     _t, th, x, y, steps, lr_, bs, generator=_g, ascent=ascent),
                 forward=task.forward, generator=g, population=self.num_clients,
@@ -357,13 +478,14 @@ class Federation:
         """The RoundContext of replica ``b``, or of the whole batch (b = None)."""
         fns = self.server_updates
         if b is None:
-            server = (lambda: torch.stack([f(theta_ref[i]) for i, f in enumerate(fns)])) \
-                if fns else None
-            return RoundContext(round=self.round, theta=theta_ref, spec=self.task.spec,
+            one = self._batched_server_update
+            server = None if not fns else (lambda: one(theta_ref)) if one is not None else \
+                (lambda: torch.stack([f(theta_ref[i]) for i, f in enumerate(fns)]))
+            return RoundContext(round=self.rounds[0], theta=theta_ref, spec=self.task.spec,
                                 lr=self.cfg.lr, sync=sync, client_ids=ids,
                                 server_update=server, num_malicious=mal.sum(1))
         server = (lambda: fns[b](theta_ref[b])) if fns else None
-        return RoundContext(round=self.round, theta=theta_ref[b], spec=self.task.spec,
+        return RoundContext(round=self.rounds[b], theta=theta_ref[b], spec=self.task.spec,
                             lr=self.cfg.lr, sync=sync, client_ids=ids[b], server_update=server,
                             num_malicious=int(mal[b].sum()))
 
@@ -380,8 +502,22 @@ class Federation:
             out = torch.stack([agg(uploads[b], self._context(b, ids, theta_ref, mal, sync))
                                for b, agg in enumerate(self.aggregators)])
         name = getattr(self.aggregators[0], "name", "aggregator")
-        _check_finite(out, f"the {name} aggregate", self.round)
+        if self.nonfinite == "abort":
+            _check_finite(out, f"the {name} aggregate", self.rounds[0])
         return out
+
+    def clean_uploads(self, uploads: Tensor) -> Tensor:
+        """``nonfinite="skip"``: a non-finite upload counts as a zero update (else unchanged)."""
+        if self.nonfinite == "skip" and not bool(torch.isfinite(uploads).all()):
+            return torch.nan_to_num(uploads, nan=0.0, posinf=0.0, neginf=0.0)
+        return uploads
+
+    def apply(self, theta: Tensor, delta: Tensor) -> Tensor:
+        """θ − Aggr(Δ); with ``nonfinite="skip"`` a replica keeps θ when that is not finite."""
+        new = theta - delta
+        if self.nonfinite == "skip":
+            new = torch.where(torch.isfinite(new).all(dim=1, keepdim=True), new, theta)
+        return new
 
     def observe(self, uploads: Tensor, ids: Tensor, theta_ref: Tensor, mal: Tensor) -> None:
         """Show a lookahead iteration's uploads to stateful rules (Romoa Alg. 2 lines 16–19)."""

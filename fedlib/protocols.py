@@ -16,6 +16,7 @@ seam and aggregation, so the round loop exists once.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -30,6 +31,14 @@ if TYPE_CHECKING:                                    # pragma: no cover
     from .runs import RunConfig
 
 Hook = Callable[["AttackContext"], Tensor]
+
+
+@functools.lru_cache(maxsize=4096)
+def _draw_clients(seed: int, t: int, num_clients: int, w: int) -> Tensor:
+    """w of ``num_clients`` clients, uniformly without replacement, sorted (cached: the
+    attackers' simulator asks for the same round's sample several times)."""
+    g = torch.Generator().manual_seed(seed_for(seed, "subsample", t))
+    return torch.randperm(num_clients, generator=g)[:w].sort().values
 
 
 @dataclass(frozen=True)
@@ -55,40 +64,52 @@ class SyncRounds:
         """Nothing beyond θ: clients start every round from the shared model."""
         return {}
 
-    def sample(self, fed: "Federation", t: int) -> Tensor:
-        """(B, w) sorted client ids the server samples in round ``t`` (a stream per replica)."""
-        K = fed.num_clients
-        rows = []
-        for s in fed.seeds:
-            g = torch.Generator().manual_seed(seed_for(s, "subsample", t))
-            rows.append(torch.randperm(K, generator=g)[: self.clients_per_round].sort().values)
-        return torch.stack(rows)
+    def draw(self, seed: int, t: int, num_clients: int) -> Tensor:
+        """(w,) sorted client ids the server of a replica seeded ``seed`` samples in round t."""
+        return _draw_clients(seed, t, num_clients, self.clients_per_round).clone()
+
+    def sample(self, fed: "Federation") -> Tensor:
+        """(B, w) the clients each replica's server samples in its next round."""
+        return torch.stack([self.draw(s, t, fed.num_clients)
+                            for s, t in zip(fed.seeds, fed.rounds)])
+
+    def reset_rows(self, state: dict[str, Tensor], theta: Tensor, rows: Any) -> dict[str, Tensor]:
+        """Nothing to reset: clients start every round from the shared model."""
+        return state
 
     def step(self, fed: "Federation", hook: Optional[Hook]) -> "StepResult":
-        """One round of Algorithm 1 for every replica."""
-        t, theta = fed.round, fed.theta
-        ids = self.sample(fed, t)
+        """One round of Algorithm 1 for every replica (each at its own round)."""
+        t, theta = fed.rounds[0], fed.theta
+        ids = self.sample(fed)
         shared = theta.clone()
-        uploads = torch.empty(len(fed.seeds), ids.shape[1], theta.shape[1], dtype=theta.dtype,
+        uploads = torch.zeros(len(fed.seeds), ids.shape[1], theta.shape[1], dtype=theta.dtype,
                               device=theta.device)
+        keep = None                 # a hook that never reads honest updates: attackers skip SGD
+        if hook is not None and not getattr(hook, "reads_honest_updates", True):
+            keep = ~fed.malicious[ids.cpu()]
 
         def train(b: int) -> None:                   # noise → local SGD, in replica b's stream
             if self.shared_noise > 0:
                 noise = torch.distributions.Laplace(0.0, self.shared_noise).sample(theta[b].shape)
                 shared[b] = theta[b] + noise.to(theta)
-            starts = shared[b].expand(ids.shape[1], -1)
-            local = fed.local_train(b, starts, ids[b], t, self.local_steps)
-            uploads[b] = shared[b].unsqueeze(0) - local
+            rows = ids[b] if keep is None else ids[b][keep[b]]
+            starts = shared[b].expand(len(rows), -1)
+            local = fed.local_train(b, starts, rows, self.local_steps)
+            if keep is None:
+                uploads[b] = shared[b].unsqueeze(0) - local
+            else:
+                uploads[b][keep[b].to(uploads.device)] = shared[b].unsqueeze(0) - local
 
-        fed.for_each_replica(t, train, batched=self._batched_train(fed, shared, ids, uploads))
+        fed.for_each_replica(train, batched=self._batched_train(fed, shared, ids, uploads, keep))
         mal = fed.poison(uploads, ids, shared, hook, local_steps=self.local_steps)
+        uploads = fed.clean_uploads(uploads)
         delta = fed.aggregate(uploads, ids, shared, mal, sync=True)
-        new_theta = theta - delta
+        new_theta = fed.apply(theta, delta)
         fed.theta = new_theta
         return fed.result(t, True, shared, theta, new_theta, uploads, ids, mal)
 
-    def _batched_train(self, fed: "Federation", shared: Tensor, ids: Tensor,
-                       uploads: Tensor) -> Optional[Callable[[], None]]:
+    def _batched_train(self, fed: "Federation", shared: Tensor, ids: Tensor, uploads: Tensor,
+                       keep: Optional[Tensor]) -> Optional[Callable[[], None]]:
         """Local training of all replicas as one vmapped call (no shared noise), if it applies."""
         if self.shared_noise > 0:
             return None
@@ -96,7 +117,7 @@ class SyncRounds:
         def run() -> None:
             B, w = ids.shape
             starts = shared.unsqueeze(1).expand(B, w, -1)
-            uploads.copy_(starts - fed.local_train_all(starts, ids, fed.round, self.local_steps))
+            uploads.copy_(starts - fed.local_train_all(starts, ids, self.local_steps, keep))
 
         return run
 
@@ -126,30 +147,42 @@ class Lookahead:
         """Every participant starts from the initial model: states (B, n, d)."""
         return {"states": theta.unsqueeze(1).expand(-1, num_clients, -1).clone()}
 
-    def sample(self, fed: "Federation", t: int) -> Tensor:
+    def draw(self, seed: int, t: int, num_clients: int) -> Tensor:
+        """(n,): every participant uploads in every iteration."""
+        return torch.arange(num_clients)
+
+    def sample(self, fed: "Federation") -> Tensor:
         """(B, n): every participant uploads every iteration."""
         return torch.arange(fed.num_clients).expand(len(fed.seeds), -1).clone()
 
+    def reset_rows(self, state: dict[str, Tensor], theta: Tensor, rows: Any) -> dict[str, Tensor]:
+        """Replicas ``rows`` restart with every participant at their θ₀ (``theta``'s rows)."""
+        states = state["states"].clone()
+        for b in rows:
+            states[b] = theta[b]
+        return {"states": states}
+
     def step(self, fed: "Federation", hook: Optional[Hook]) -> "StepResult":
         """One iteration of Algorithm 2 for every replica."""
-        t, synced = fed.round, fed.theta
-        ids = self.sample(fed, t)
+        t, synced = fed.round, fed.theta                        # one clock: syncs every τ
+        ids = self.sample(fed)
         states = fed.protocol_state["states"]
         new_states = torch.empty_like(states)
 
         def train(b: int) -> None:                    # Alg. 2 line 7
-            new_states[b] = fed.local_train(b, states[b], ids[b], t, 1)
+            new_states[b] = fed.local_train(b, states[b], ids[b], 1)
 
         def train_all() -> None:
-            new_states.copy_(fed.local_train_all(states, ids, t, 1))
+            new_states.copy_(fed.local_train_all(states, ids, 1))
 
-        fed.for_each_replica(t, train, batched=train_all)
+        fed.for_each_replica(train, batched=train_all)
         uploads = synced.unsqueeze(1) - new_states                              # line 8 (upload)
         mal = fed.poison(uploads, ids, synced, hook, local_steps=1)
+        uploads = fed.clean_uploads(uploads)
         sync = (t + 1) % self.tau == 0
         new_synced = synced
         if sync:                                                                # lines 20–21
-            new_synced = synced - fed.aggregate(uploads, ids, synced, mal, sync=True)
+            new_synced = fed.apply(synced, fed.aggregate(uploads, ids, synced, mal, sync=True))
             new_states = torch.lerp(new_states, new_synced.unsqueeze(1).expand_as(new_states),
                                     self.moving_rate)                          # line 11
         else:                                                                   # lines 16–19

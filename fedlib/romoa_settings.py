@@ -79,7 +79,7 @@ __all__ = [
     "PAPER_DEFAULTS", "MODELS", "DEFENSES", "DEFENSE_LABELS", "ATTACKS", "TABLE1_GRID",
     "TPA_LABELS", "MOVING_RATES", "UPA_SPACES", "ROMOA_CHANGES", "moving_rate", "krum_f",
     "defense_config", "attack_config", "romoa_setting", "error_rate", "error_curve",
-    "defense_style", "table1_cells",
+    "defense_style", "table1_cells", "canonical_defense", "FEDAVG_SCENARIOS", "fedavg_setting",
 ]
 
 PAPER_DEFAULTS: dict[str, Any] = dict(protocol="romoa", tau=4, lr=0.001, batch_size=64,
@@ -132,7 +132,8 @@ _FIXED = ("dataset", "num_clients", "aggregator", "aggregator_params", "attack",
           "attack_params", "num_attackers")
 
 
-def _canonical_defense(defense: str) -> str:
+def canonical_defense(defense: str) -> str:
+    """A defense's name in :data:`DEFENSES` (aliases such as ``"mean"`` or ``"romoa"`` resolved)."""
     key = str(defense).strip().lower().replace("_", "-")
     key = _ALIASES.get(key, _ALIASES.get(key.replace("-", "_"), key))
     if key not in DEFENSES:
@@ -173,7 +174,7 @@ def defense_config(defense: str, n: int = 10, adversaries: int = 1,
     ``romoa_options`` are named options of :class:`fedlib.romoa.Romoa` added to a Romoa
     preset (e.g. ``{"generating": "cluster_penalty"}``, see :data:`ROMOA_CHANGES`).
     """
-    key = _canonical_defense(defense)
+    key = canonical_defense(defense)
     extra = dict(romoa_options or {})
     if extra and not key.startswith("romoa-"):
         raise ValueError(f"romoa_options apply to the Romoa defenses only, not {defense!r}")
@@ -272,6 +273,38 @@ def romoa_setting(dataset: str = "mnist", defense: str = "baseline", attack: str
     return RunConfig.from_dict(cfg).to_dict()
 
 
+FEDAVG_SCENARIOS: tuple[str, ...] = ("no attack", "UPA", "TPA")
+"""The curves of Romoa Figs. 1–2 (undefended FedAvg)."""
+
+
+def fedavg_setting(dataset: str, scenario: str, profile: Mapping[str, Any], *,
+                   tpa: Mapping[str, Any], upa: Mapping[str, Any]) -> dict[str, Any]:
+    """The run config of one curve of Romoa Figs. 1–2: FedAvg (synchronous rounds, plain mean,
+    i.i.d. data) under no attack, UPA (Eq. 2) or TPA (Eq. 3, :data:`TPA_LABELS` of the dataset).
+
+    "no attack" is TPA with stealth α = 0: by Romoa's definition the adversary then uploads
+    exactly its honest update (``fedlib.attacks.base.stealth_mix``), so the run equals plain
+    FedAvg and still records the target samples' confidences. ``profile`` holds every other
+    :class:`fedlib.runs.RunConfig` field (model, width, rounds, num_attackers, …); ``tpa`` and
+    ``upa`` are the attacks' parameters.
+    """
+    if scenario not in FEDAVG_SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; choose from {FEDAVG_SCENARIOS}")
+    if dataset not in TPA_LABELS:
+        raise ValueError(f"no TPA labels for dataset {dataset!r}; choose from {sorted(TPA_LABELS)}")
+    fixed = sorted(set(profile) & {"dataset", "protocol", "partition", "aggregator", "attack",
+                                   "attack_params"})
+    if fixed:
+        raise ValueError(f"profile keys {fixed} are set by fedavg_setting")
+    source, poison = TPA_LABELS[dataset]
+    targeted = dict(source=source, poison=poison, **tpa)
+    attack, params = {"no attack": ("tpa", dict(targeted, stealth=0.0)),
+                      "UPA": ("upa", dict(upa)),
+                      "TPA": ("tpa", dict(targeted, stealth=1.0))}[scenario]
+    return dict(profile, dataset=dataset, protocol="sync", partition="iid", aggregator="mean",
+                attack=attack, attack_params=params)
+
+
 def _history(result: Any) -> Mapping[str, Sequence[Any]]:
     h = getattr(result, "history", result)
     if not isinstance(h, Mapping) or "test_accuracy" not in h:
@@ -304,7 +337,7 @@ def error_rate(result: Any, attack: str, last: int = 1) -> float:
 def defense_style(defense: str) -> dict[str, Any]:
     """Matplotlib keywords (colour, line style, label) of a defense, the same in every figure."""
     from .plotting import color
-    key = _canonical_defense(defense)
+    key = canonical_defense(defense)
     base = {"baseline": "baseline", "romoa-literal": "romoa", "romoa-calibrated": "romoa",
             "rfa": "rfa", "krum": "krum"}[key]
     ls = {"romoa-literal": ":", "krum": "-.", "rfa": "--"}.get(key, "-")

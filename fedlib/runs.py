@@ -7,7 +7,7 @@ the fedlib version, the device type and the CPU thread count. The same config an
 a bit-identical history on CPU with the same number of torch threads (a different thread count
 changes float summation order, and long runs amplify it). A cached run checkpoints its full
 state every ``checkpoint_every`` rounds and a killed run resumes from there
-(:mod:`fedlib.checkpoint`).
+(:mod:`fedlib.checkpoint`); so does a cached replica batch of ``run_many``.
 ``run_many`` runs several configs: in worker processes or as Ray tasks (:mod:`fedlib.parallel`),
 or — for configs that differ only in their seed — as the replicas of one batched federation.
 """
@@ -148,6 +148,15 @@ def partial_path(entry: Path) -> Path:
     return entry.parent / f"{entry.name}.partial" / "state.pt"
 
 
+def _check_every(checkpoint_every: Optional[int]) -> None:
+    """``checkpoint_every`` is an integer ≥ 1 or None (a ValueError before any work)."""
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or
+                                         not isinstance(checkpoint_every, int) or
+                                         checkpoint_every < 1):
+        raise ValueError("checkpoint_every must be an integer ≥ 1 or None, got "
+                         f"{checkpoint_every!r}")
+
+
 def run(config: dict | RunConfig, *, cache: bool = True,
         callbacks: Sequence[Callable[[RoundEvent], None]] = (), progress: bool = True,
         checkpoint_every: Optional[int] = CHECKPOINT_EVERY) -> Result:
@@ -162,11 +171,7 @@ def run(config: dict | RunConfig, *, cache: bool = True,
     and its result is then cached; ``cache=False`` neither reads nor writes the cache.
     """
     cfg = RunConfig.from_dict(config)
-    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or
-                                         not isinstance(checkpoint_every, int) or
-                                         checkpoint_every < 1):
-        raise ValueError("checkpoint_every must be an integer ≥ 1 or None, got "
-                         f"{checkpoint_every!r}")
+    _check_every(checkpoint_every)
     entry = cache_dir() / config_key(cfg)
     if cache and not callbacks:
         hit = read_entry(entry)
@@ -186,7 +191,8 @@ def run(config: dict | RunConfig, *, cache: bool = True,
 
 def run_many(configs: Sequence[dict | RunConfig], *, workers: int = 1, replicas: bool = False,
              progress: bool = True, backend: Optional[str] = None, address: Optional[str] = None,
-             num_cpus: Optional[float] = None, num_gpus: Optional[float] = None) -> list[Result]:
+             num_cpus: Optional[float] = None, num_gpus: Optional[float] = None,
+             checkpoint_every: Optional[int] = CHECKPOINT_EVERY) -> list[Result]:
     """:func:`run` for several configs, in input order; identical configs run once.
 
     * ``backend``: "local" (this machine) or "ray" (one Ray task per run); None picks "ray" when
@@ -210,20 +216,29 @@ def run_many(configs: Sequence[dict | RunConfig], *, workers: int = 1, replicas:
       :class:`~fedlib.federation.Federation` (one vmapped computation), here, whatever the
       backend. Each replica equals its separate run up to float32 round-off (tested at rtol
       1e-4, atol 1e-5 over a few rounds; long runs can amplify it), so these results are cached
-      under a key that also names the seeds of the batch.
+      under a key that also names the seeds of the batch. A batch checkpoints its federation
+      and every replica's history every ``checkpoint_every`` rounds to
+      ``<key>.partial/state.pt`` beside its first replica's (lowest seed's) cache entry; a
+      killed batch resumes from there bit-identically (CPU, same thread count) and the
+      checkpoint is deleted once every replica's result is cached.
+    * ``checkpoint_every``: as in :func:`run`, for the runs made in this process (one at a time,
+      or replica batches); worker processes and Ray tasks checkpoint every
+      :data:`CHECKPOINT_EVERY` rounds.
     ``workers=1, replicas=False`` with the local backend is exactly ``[run(c) for c in configs]``.
     """
     cfgs = [RunConfig.from_dict(c) for c in configs]
     if workers < 1:
         raise ValueError(f"workers must be ≥ 1, got {workers}")
+    _check_every(checkpoint_every)
     chosen = parallel.resolve_backend(backend)
     if replicas:
-        return _run_replica_groups(cfgs, progress)
+        return _run_replica_groups(cfgs, progress, checkpoint_every)
     if chosen == "ray":
         return _run_on_ray(cfgs, address, num_cpus, num_gpus, progress)
     parallel_ = workers > 1 and all(device_of(c.device).type == "cpu" for c in cfgs)
     if not parallel_:
-        return [run(c, progress=progress and len(cfgs) == 1) for c in cfgs]
+        return [run(c, progress=progress and len(cfgs) == 1, checkpoint_every=checkpoint_every)
+                for c in cfgs]
     entries = [cache_dir() / config_key(c, threads=1) for c in cfgs]
     unique = {}                                                 # identical configs run once
     for c, e in zip(cfgs, entries):
@@ -278,8 +293,10 @@ def _run_on_ray(cfgs: list[RunConfig], address: Optional[str], num_cpus: Optiona
     return [found[k] for k in canon]
 
 
-def _run_replica_groups(cfgs: list[RunConfig], progress: bool) -> list[Result]:
-    """Group configs by everything but the seed; run each group as one replica batch, cached."""
+def _run_replica_groups(cfgs: list[RunConfig], progress: bool,
+                        checkpoint_every: Optional[int]) -> list[Result]:
+    """Group configs by everything but the seed; run each group as one replica batch, cached
+    and checkpointed beside the cache entry of its lowest seed (:func:`partial_path`)."""
     groups: dict[str, list[int]] = {}
     for i, c in enumerate(cfgs):
         groups.setdefault(_without_seed(c), []).append(i)
@@ -288,18 +305,24 @@ def _run_replica_groups(cfgs: list[RunConfig], progress: bool) -> list[Result]:
         seeds = sorted({cfgs[i].seed for i in members})
         if len(seeds) == 1:
             for i in members:
-                out[i] = run(cfgs[i], progress=progress)
+                out[i] = run(cfgs[i], progress=progress, checkpoint_every=checkpoint_every)
             continue
         by_seed = {cfgs[i].seed: cfgs[i] for i in members}
         entries = {s: cache_dir() / config_key(by_seed[s], replica_seeds=seeds) for s in seeds}
         hits = {s: read_entry(e) for s, e in entries.items()}
         if any(h is None for h in hits.values()):
-            fresh = execute_replicas([by_seed[s] for s in seeds], progress=progress)
+            first = entries[seeds[0]]
+            partial = partial_path(first)
+            fresh = execute_replicas(
+                [by_seed[s] for s in seeds], progress=progress,
+                checkpoint=None if checkpoint_every is None else
+                (partial, first.name, checkpoint_every))
             for s, result in zip(seeds, fresh):
                 if entries[s].exists():
                     shutil.rmtree(entries[s], ignore_errors=True)
                 write_entry(entries[s], result)
                 hits[s] = result
+            shutil.rmtree(partial.parent, ignore_errors=True)
         for i in members:
             out[i] = hits[cfgs[i].seed]
     return out  # type: ignore[return-value]

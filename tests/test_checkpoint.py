@@ -161,3 +161,61 @@ def test_checkpoint_of_another_shape_is_ignored_with_a_warning(tmp_path):
     with pytest.warns(RuntimeWarning, match="does not fit this run"):
         r = runs.run(CLIPPING, checkpoint_every=2, progress=False)
     assert r.meta["resumed_from"] == 0 and r.history["round"] == [0, 2, 4, 6, 8]
+
+
+BATCH_KILLER = """
+import os, signal, sys, json, torch
+from fedlib import federation, runs
+torch.set_num_threads(int(sys.argv[1]))
+step = federation.Federation.step
+def dying_step(self, *a, **k):
+    if self.round == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return step(self, *a, **k)
+federation.Federation.step = dying_step
+runs.run_many(json.loads(sys.argv[2]), replicas=True, checkpoint_every=2, progress=False)
+"""
+
+
+def test_replica_batch_killed_mid_run_resumes_bit_identical(tmp_path, capsys):
+    cfgs = [ROMOA, dict(ROMOA, seed=6)]
+    proc = subprocess.run([sys.executable, "-c", BATCH_KILLER, str(torch.get_num_threads()),
+                           json.dumps(cfgs)], env=dict(os.environ), capture_output=True,
+                          text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    keys = [runs.config_key(runs.RunConfig.from_dict(c), replica_seeds=[5, 6]) for c in cfgs]
+    partial = runs.partial_path(tmp_path / "cache" / keys[0])    # beside the first replica
+    assert partial.exists() and not any((tmp_path / "cache" / k).exists() for k in keys)
+    blob = checkpoint.load_checkpoint(partial, keys[0])
+    assert blob["federation"]["round"] == 4 and blob["federation"]["seeds"] == [5, 6]
+    assert len(blob["histories"]) == 2                          # every replica's history so far
+    resumed = runs.run_many(cfgs, replicas=True, checkpoint_every=2, progress=True)
+    assert "4/8" in capsys.readouterr().err                    # progress shows the resumed round
+    assert [r.meta["resumed_from"] for r in resumed] == [4, 4]
+    assert not partial.parent.exists()                          # finishing removes it
+    whole = runs.execute_replicas(cfgs, progress=False)
+    for r, w in zip(resumed, whole):
+        assert w.meta["resumed_from"] == 0
+        assert torch.equal(r.theta, w.theta)
+        assert json.dumps(r.history) == json.dumps(w.history)   # NaN-safe comparison
+    again = runs.run_many(cfgs, replicas=True, progress=False)
+    assert all(r.meta["cached"] for r in again)
+    assert [json.dumps(r.history) for r in again] == [json.dumps(w.history) for w in whole]
+
+
+def test_replica_batch_checkpoints_on_schedule(tmp_path, monkeypatch):
+    saved = []
+    real = checkpoint.save_checkpoint
+
+    def spy(path, key, fed, histories):
+        saved.append((fed.round, len(histories)))
+        real(path, key, fed, histories)
+
+    monkeypatch.setattr(runs, "save_checkpoint", spy)
+    cfgs = [CLIPPING, dict(CLIPPING, seed=6), dict(CLIPPING, seed=7)]
+    out = runs.run_many(cfgs, replicas=True, checkpoint_every=3, progress=False)
+    assert saved == [(3, 3), (6, 3)]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == \
+        sorted(r.meta["key"] for r in out)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        runs.run_many(cfgs, replicas=True, checkpoint_every=0)

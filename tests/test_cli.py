@@ -92,3 +92,21 @@ def test_module_entry_point_rejects_unknown_keys(tmp_path):
                           text=True)
     assert proc.returncode == 2 and "rounds_total" in proc.stderr
     assert _ran(tmp_path) == []
+
+
+def test_sweep_passes_checkpoint_every_to_run_many(tmp_path, monkeypatch, capsys):
+    seen = {}
+    real = runs.run_many
+
+    def spy(configs, **kw):
+        seen.update(kw)
+        return real(configs, **kw)
+
+    monkeypatch.setattr(runs, "run_many", spy)
+    path = _write(tmp_path / "grid.yaml", {"base": BASE, "grid": {"seed": [0]}})
+    assert cli.main(["sweep", path, "--quiet", "--backend", "local",
+                     "--checkpoint-every", "7"]) == 0
+    assert seen["checkpoint_every"] == 7
+    assert cli.main(["sweep", path, "--quiet", "--backend", "local",
+                     "--checkpoint-every", "0"]) == 2
+    assert "checkpoint_every" in capsys.readouterr().err

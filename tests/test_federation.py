@@ -169,3 +169,107 @@ def test_attack_probes_one_replica_rule_without_touching_the_batch_state():
     assert torch.equal(straight.aggregators[0].momentum, momentum)
     straight.step(malicious=lambda ctx: ctx.honest_updates)
     assert torch.equal(straight.theta, fed.theta)
+
+
+# --------------------------------------------------------------------------- separate clocks
+CLOCKS = dict(ATTACKED, aggregator="centered_clipping", strategy="sequential")
+
+
+def _clocked(config, seeds):
+    fed = Federation.from_config(config, seeds=seeds)
+    return Federation(fed.tasks, fed.cfg, seeds, separate_clocks=True)
+
+
+def test_subset_steps_keep_each_replica_on_its_own_clock():
+    """Replica b stepped k_b times (in any interleaving) equals its own federation stepped k_b
+    times; a stateful rule (centered clipping's momentum) keeps one state per replica."""
+    seeds = [3, 4, 5]
+    fed = _clocked(CLOCKS, seeds)
+    for rows in ([0, 1, 2], [1], [0, 1], [1], [2, 1]):
+        fed.step(rows=rows)
+    assert fed.rounds == [2, 5, 2]
+    with pytest.raises(RuntimeError, match="clocks differ"):
+        _ = fed.round
+    for b, s in enumerate(seeds):
+        alone = Federation.from_config(dict(CLOCKS, seed=s))
+        alone.run(fed.rounds[b], progress=False)
+        assert torch.equal(fed.theta[b], alone.theta[0])
+
+
+def test_reset_replicas_restarts_some_replicas_with_new_seeds():
+    fed = _clocked(CLOCKS, [3, 4])
+    fed.run(3, progress=False)
+    other = fed.theta[1].clone()
+    fed.reset_replicas([0], [7])
+    assert fed.rounds == [0, 3] and fed.seeds == [7, 4]
+    assert torch.equal(fed.theta[1], other) and torch.equal(fed.theta[0], fed.theta0[0])
+    fed.step(rows=[0])
+    fresh = _clocked(CLOCKS, [3])                   # same θ₀ and data, seed 7 from round 0
+    fresh.reset_replicas([0], [7])
+    fresh.step()
+    assert torch.equal(fed.theta[0], fresh.theta[0])
+
+
+def test_subsets_need_separate_clocks_and_lookahead_needs_one_clock():
+    fed = Federation.from_config(ATTACKED, seeds=[3, 4])
+    with pytest.raises(ValueError, match="separate_clocks"):
+        fed.step(rows=[0])
+    with pytest.raises(ValueError, match="separate_clocks"):
+        fed.reset_replicas([0], [1])
+    look = Federation.from_config(dict(LOOKAHEAD, attack="none", num_attackers=0), seeds=[3, 4])
+    look = Federation(look.tasks, look.cfg, [3, 4], separate_clocks=True)
+    look.step(rows=[0])
+    with pytest.raises(RuntimeError, match="clocks differ"):
+        look.step()
+
+
+def test_nonfinite_skip_zeroes_broken_uploads_and_keeps_a_finite_model():
+    base = Federation.from_config(dict(BASE, num_attackers=2))
+    nan = Federation(base.tasks, base.cfg, [3], nonfinite="skip")
+    honest = Federation(base.tasks, base.cfg, [3], nonfinite="skip")
+    broken = lambda ctx: torch.full_like(ctx.honest_updates, float("nan"))  # noqa: E731
+    zero = lambda ctx: torch.zeros_like(ctx.honest_updates)                  # noqa: E731
+    nan.step(malicious=broken)
+    honest.step(malicious=zero)
+    assert torch.equal(nan.theta, honest.theta)              # NaN rows count as zero updates
+    theta = nan.theta.clone()
+    delta = torch.zeros_like(theta)
+    delta[0, 0] = float("inf")                               # an aggregate θ − Aggr cannot take
+    assert torch.equal(nan.apply(theta, delta), theta)
+    strict = Federation(base.tasks, base.cfg, [3])
+    assert not torch.isfinite(strict.apply(theta, delta)).all()
+    with pytest.raises(ValueError, match="nonfinite"):
+        Federation(base.tasks, base.cfg, [3], nonfinite="ignore")
+
+
+def test_a_hook_that_ignores_honest_updates_skips_the_attackers_training():
+    fed = Federation.from_config(dict(ATTACKED, strategy="sequential"))
+    ref = Federation.from_config(dict(ATTACKED, strategy="sequential"))
+    calls = []
+
+    def crafted(ctx):
+        calls.append(ctx.honest_updates.clone())
+        return torch.ones_like(ctx.honest_updates)
+
+    def blind(ctx):
+        return torch.ones_like(ctx.honest_updates)
+
+    blind.reads_honest_updates = False
+    for _ in range(3):
+        a, b = ref.step(malicious=crafted), fed.step(malicious=blind)
+        assert torch.equal(a.uploads[~a.is_malicious], b.uploads[~b.is_malicious])
+        assert (b.uploads[b.is_malicious] == 1).all()
+    assert torch.equal(fed.theta, ref.theta)
+    assert any(c.abs().sum() > 0 for c in calls)             # the reference did train them
+
+
+def test_a_replica_view_of_a_batched_rule_carries_that_replicas_weights():
+    from fedlib import aggregators
+    agg = aggregators.get("krum", f=1)
+    x = torch.randn(3, 6, 4, generator=torch.Generator().manual_seed(0))
+    agg(x)
+    for b in range(3):
+        view = agg.replica(b)
+        assert torch.equal(view.weights, agg.weights[b])
+        view(x[b][:5])                                      # its calls leave the batch alone
+        assert agg.weights.shape == (3, 6)

@@ -313,3 +313,18 @@ def test_shared_noise_changes_the_model_the_clients_receive():
                 assert diff.abs().mean().item() == pytest.approx(noise, rel=0.15)
                 # the clients trained from the noisy model: θ_after = θ_before − mean(θ_shared − θᵢ)
                 torch.testing.assert_close(e.theta_after, e.theta_before - e.uploads.mean(0))
+
+
+def test_denoiser_and_learned_set_classifier_leave_the_global_rng_alone():
+    from fedlib.inversion.autoencoder import train_denoiser
+    from fedlib.inversion.quality import classifier_accuracy
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    images = torch.rand(10, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = train_denoiser(x, epochs=1, batch_size=3, hidden=4, seed=5)
+    classifier_accuracy(images[:6], y, images[6:], y[:4], epochs=1, batch_size=3)
+    assert torch.equal(torch.get_rng_state(), before)
+    b = train_denoiser(x, epochs=1, batch_size=3, hidden=4, seed=5)    # and still seeded
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))

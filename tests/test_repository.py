@@ -316,3 +316,11 @@ def test_contributor_guide_names_exist():
     for rel in re.findall(r"`((?:fedlib|tests|notebooks|params|benchmarks)/[\w/.<>-]+)`", text):
         if "<" not in rel:
             assert (REPO / rel).exists(), rel
+
+
+def test_attack_plugins_name_importable_classes():
+    """The attacks named by path (to keep fedlib.attacks free of import cycles) resolve."""
+    from fedlib import attacks
+    for key in attacks.PLUGINS:
+        assert isinstance(attacks._plugin(key), type)
+        assert key in attacks.available()

@@ -214,9 +214,10 @@ def test_crafting_never_reads_benign_uploads(monkeypatch):
     clean.step(a)
     crafted = clean.sim.last[0]["uploads"][clean.sim.last[0]["malicious"]]
     poisoned = PoisoningEnv(c)
-    real = poisoned.sim._benign_deltas
-    monkeypatch.setattr(poisoned.sim, "_benign_deltas",
-                        lambda *args: real(*args) * 1e3 + 7.0)    # garbage benign uploads
+    fed = poisoned.sim.fed                                # garbage local training → uploads
+    for name in ("local_train", "local_train_all"):
+        real = getattr(fed, name)
+        monkeypatch.setattr(fed, name, lambda *args, _r=real: _r(*args) * 1e3 + 7.0)
     poisoned.reset(seed=5)
     poisoned.step(a)
     last = poisoned.sim.last[0]
@@ -296,3 +297,78 @@ def test_a_destroyed_simulated_model_keeps_rewards_and_observations_finite(monke
     assert all(np.isfinite(rewards)) and max(rewards) > 0
     assert all(np.isfinite(obs["last_layer"]).all() for obs, _, _ in steps)
     assert torch.isfinite(env.sim.theta).all()
+
+
+# --------------------------------------------------------------------------- Romoa's protocol
+ROMOA = dict(protocol="romoa", aggregator="romoa", num_clients=10, clients_per_round=10,
+             num_attackers=3, tau=2, horizon=5)
+
+
+def test_romoa_protocol_env_passes_checkers_and_observes_the_attackers_weight():
+    env = PoisoningEnv(cfg(**ROMOA))
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(PoisoningEnv(cfg(**ROMOA)), warn=True)
+    obs, _ = env.reset(seed=0)
+    assert obs["attackers"] == 3 and obs["attacker_weight"][0] == 0.0
+    weights = []
+    for _ in range(4):                                   # syncs after iterations 2 and 4
+        obs, r, *_ = env.step(np.full(28, 0.5, np.float32))
+        weights.append(float(obs["attacker_weight"][0]))
+        assert obs["attackers"] == 3 and np.isfinite(r)
+    assert 0.0 < weights[1] <= 1.0                       # the server's factors, revealed
+    assert env.sim.round[0] == 4
+
+
+def test_romoa_protocol_vecenv_equals_envs_and_bad_settings_fail():
+    c = cfg(**{**ROMOA, "aggregator": "rfa"})
+    vec = PoisoningVecEnv(c, seeds=[1, 2])
+    envs = [PoisoningEnv(dataclasses.replace(c, seed=s)) for s in (1, 2)]
+    vec.reset()
+    [e.reset() for e in envs]
+    a = np.random.default_rng(0).uniform(-1, 1, (2, 28)).astype(np.float32)
+    for _ in range(3):
+        obs_v, rew_v, _, _ = vec.step(a)
+        for i, e in enumerate(envs):
+            o, r, *_ = e.step(a[i])
+            assert r == pytest.approx(float(rew_v[i]), rel=1e-4, abs=1e-6)
+            np.testing.assert_allclose(obs_v["attacker_weight"][i], o["attacker_weight"],
+                                       atol=1e-6)
+    with pytest.raises(ValueError, match="protocol 'sync'"):
+        cfg(aggregator="romoa")
+    with pytest.raises(ValueError, match="every participant"):
+        cfg(**{**ROMOA, "clients_per_round": 5})
+
+
+# --------------------------------------------------------------------------- PolicyAttack
+class ConstantPolicy:
+    def __init__(self, a):
+        self.a, self.seen = np.asarray(a, np.float32), []
+
+    def act(self, obs):
+        self.seen.append(obs)
+        return self.a
+
+
+def test_policy_attack_executes_a_policy_in_a_real_lookahead_run():
+    from fedlib.federation import Federation
+    from fedlib.rl import PolicyAttack
+    run_cfg = dict(dataset="synthetic", model="synthetic-mlp", protocol="romoa", num_clients=10,
+                   num_attackers=3, aggregator="romoa", tau=2, lr=0.05, batch_size=32,
+                   attack="none", device="cpu", seed=0)
+    fed = Federation.from_config(run_cfg)
+    c = cfg(**ROMOA)
+    policy = ConstantPolicy(np.full(28, 0.3))
+    attack = PolicyAttack(policy, c)
+    for _ in range(4):
+        out = fed.step(malicious=attack)
+        crafted = out.uploads[0][out.is_malicious[0]]
+        assert crafted.shape == (3, 28) and torch.equal(crafted[0], crafted[2])
+        # the simulator's own crafting of the same action at the same model
+        expect, _ = attack.sim.craft([0], torch.full((1, 28), 0.3))
+        torch.testing.assert_close(crafted[0], expect[0].to(crafted))
+    obs = policy.seen
+    assert [o["attackers"] for o in obs] == [3] * 4
+    assert obs[0]["attacker_weight"][0] == 0.0 and obs[3]["attacker_weight"][0] > 0.0
+    assert all(PoisoningEnv(c).observation_space.contains(o) for o in obs)
+    with pytest.raises(ValueError, match="act"):
+        PolicyAttack(object(), c)

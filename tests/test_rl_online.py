@@ -174,16 +174,117 @@ def test_runs_run_is_deterministic_and_rl_raises_the_loss():
     assert a.last("test_loss") > clean.last("test_loss") + 0.2
 
 
-def test_cached_run_is_not_checkpointed_but_completes():
-    """A checkpoint could not be resumed (live SB3 policy): the run says so and runs on."""
-    cfg = dict(SYN, aggregator="krum", aggregator_params={"f": 1}, rounds=6, attack="rl",
-               attack_params=dict(distribution="own", own_samples=100, attack_start=2,
-                                  refresh_every=2, refresh_steps=10, policy_steps=20, horizon=10,
-                                  algo_kwargs={"learning_starts": 5, "batch_size": 8}))
-    plain = runs.run(cfg, cache=False, progress=False)
-    with pytest.warns(RuntimeWarning, match="cannot be checkpointed"):
-        cached = runs.run(cfg, progress=False, checkpoint_every=2)
-    assert torch.equal(plain.theta, cached.theta)
+RL_KILLED = dict(SYN, aggregator="krum", aggregator_params={"f": 1}, rounds=8, seed=2,
+                 attack="rl",
+                 attack_params=dict(distribution="own", own_samples=100, attack_start=2,
+                                    refresh_every=2, refresh_steps=10, policy_steps=40,
+                                    horizon=10, algo_kwargs={"learning_starts": 5,
+                                                             "batch_size": 8}))
+KILLER = """
+import os, signal, sys, json, torch
+from fedlib import federation, runs
+torch.set_num_threads(1)
+save = runs.save_checkpoint
+def save_then_die(path, key, fed, histories):   # only the run's federation (not the simulator's)
+    save(path, key, fed, histories)
+    def dying_step(*a, **k):
+        if fed.round == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return federation.Federation.step(fed, *a, **k)
+    fed.step = dying_step
+runs.save_checkpoint = save_then_die
+runs.run(json.loads(sys.argv[1]), checkpoint_every=2, progress=False)
+"""
+
+
+def test_rl_run_killed_mid_run_resumes_bit_identical(tmp_path):
+    """Real TD3 policy, its refreshes and the attack log survive SIGKILL: same run, bit for bit."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import warnings
+
+    from fedlib import checkpoint
+    cfg = RL_KILLED
+    proc = subprocess.run([sys.executable, "-c", KILLER, json.dumps(cfg)],
+                          env=dict(os.environ), capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert "cannot be checkpointed" not in proc.stderr
+    key = runs.config_key(runs.RunConfig.from_dict(cfg))
+    partial = runs.partial_path(tmp_path / "cache" / key)
+    blob = torch.load(partial, weights_only=True)              # no pickled Python objects
+    assert blob["federation"]["round"] == 4
+    stored = blob["federation"]["attacks"][0]["attack"]["state"]
+    state = checkpoint.decode(stored[checkpoint.STATE_DICT])    # OnlineRL.state_dict()
+    assert state["trained"] > 0 and state["policy"]["algo"] == "td3"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)          # no "not checkpointed" warning
+        resumed = runs.run(cfg, checkpoint_every=2, progress=False)
+    assert resumed.meta["resumed_from"] == 4 and not partial.parent.exists()
+    whole = Federation.from_config(cfg)
+    rec = runs.recorders(runs.RunConfig.from_dict(cfg), whole)
+    for r in rec:
+        r.start(whole)
+    whole.run(cfg["rounds"], observers=rec, progress=False)
+    assert torch.equal(resumed.theta, whole.theta[0])
+    assert json.dumps(resumed.history) == json.dumps(rec[0].history)
+    attack = whole.attacks[0].attack
+    # after the checkpoint (round 4) the restored policy was refreshed and executed
+    assert any(r["round"] > 4 for r in attack.refreshes)
+    assert any(r["round"] > 4 and r["action"] is not None for r in attack.log)
+
+
+def test_rl_state_round_trips_mid_distribution_learning(tmp_path):
+    """Checkpoint while P̃ is being learned (learner networks, ḡ, reconstructions) and after a
+    refresh; the restored attack continues exactly as the uninterrupted one."""
+    from fedlib import checkpoint
+    cfg = dict(dataset="digits", model="digits-cnn", num_clients=10, clients_per_round=3,
+               num_attackers=2, lr=0.1, batch_size=16, rounds=9, eval_every=9, eval_size=100,
+               device="cpu", seed=2, attack="rl",
+               attack_params=dict(distribution="learned", samples=20, learn_rounds=6,
+                                  attack_start=4, refresh_every=2, refresh_steps=5,
+                                  policy_steps=20, horizon=5, seed=4,
+                                  inversion=dict(iterations=3, batch_size=2, denoiser_epochs=1),
+                                  algo_kwargs={"learning_starts": 0, "batch_size": 4,
+                                               "policy_kwargs": {"net_arch": [8]}}))
+    a = Federation.from_config(cfg)
+    while not (a.attacks[0].attack.learner is not None and a.attacks[0].attack.learner.raw
+               and a.attacks[0].attack.policy is not None):
+        a.step()
+    cut = a.round
+    assert cut < 6                                             # still learning P̃
+    path = tmp_path / "state.pt"
+    checkpoint.save_checkpoint(path, "k", a, [{}])
+    before = torch.get_rng_state()
+    b = Federation.from_config(cfg)
+    checkpoint.load_federation_state(b, checkpoint.load_checkpoint(path, "k")["federation"])
+    assert torch.equal(before, torch.get_rng_state())          # the caller's RNG untouched
+    ra, rb = a.attacks[0].attack, b.attacks[0].attack
+    assert rb.learner is not ra.learner and len(rb.learner) == len(ra.learner)
+    assert rb._sim is not None and torch.equal(rb._sim.x, ra._sim.x)
+    a.run(cfg["rounds"] - cut, progress=False)
+    b.run(cfg["rounds"] - cut, progress=False)
+    assert torch.equal(a.theta, b.theta)
+    assert ra.log == rb.log and ra.refreshes == rb.refreshes and ra.trained == rb.trained
+    assert any(r["action"] is not None for r in rb.log)
+    assert [r["round"] for r in ra.learner.log] == [r["round"] for r in rb.learner.log]
+    assert all(torch.equal(x, y) for x, y in zip(ra.learner.denoised, rb.learner.denoised))
+    for (k, v), w in zip(ra.policy.policy.state_dict().items(),
+                         rb.policy.policy.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
+def test_rl_attack_with_a_foreign_policy_is_not_checkpointed():
+    """A trainer returning a policy fedlib cannot store: the run says so and runs on."""
+    attack = _rl(FakeTrainer(), attack_start=100, initial_steps=10)
+    fed = Federation.from_config(dict(SYN, aggregator="mean"))
+    while attack.policy is None:
+        fed.step(malicious=attack)
+    from fedlib import checkpoint
+    with pytest.raises(TypeError, match="FakePolicy in a checkpoint"):
+        checkpoint.plain_state(attack)
 
 
 def test_unsimulated_rule_warns_and_counts_come_from_the_context():

@@ -257,3 +257,24 @@ def test_table1_runs_the_figure_settings(profile):
         assert t1["rounds_at_n"][20] % every == 0 == t1["rounds_at_n"][10] % every
     else:
         assert t1["rounds_at_n"] == {} and t1["workers"] == 1
+
+
+def test_fedavg_setting_is_the_config_of_figs_1_and_2():
+    profile = dict(model="l2a-mnist", width=0.25, num_clients=10, rounds=4, num_attackers=1, seed=0)
+    tpa, upa = dict(num_targets=10, steps=10, boost=1.0), dict(variant="auto", space="update")
+    none = rs.fedavg_setting("mnist", "no attack", profile, tpa=tpa, upa=upa)
+    assert none["attack"] == "tpa" and none["attack_params"]["stealth"] == 0.0   # honest upload
+    assert (none["attack_params"]["source"], none["attack_params"]["poison"]) == (6, 3)
+    assert (none["protocol"], none["aggregator"], none["partition"]) == ("sync", "mean", "iid")
+    t = rs.fedavg_setting("cifar10", "TPA", profile, tpa=tpa, upa=upa)
+    assert t["attack_params"] == dict(source=6, poison=2, num_targets=10, steps=10, boost=1.0,
+                                      stealth=1.0)
+    u = rs.fedavg_setting("mnist", "UPA", profile, tpa=tpa, upa=upa)
+    assert u["attack"] == "upa" and u["attack_params"] == upa and u["rounds"] == 4
+    runs.RunConfig.from_dict(u)                                   # a valid run config
+    with pytest.raises(ValueError, match="scenario"):
+        rs.fedavg_setting("mnist", "EB", profile, tpa=tpa, upa=upa)
+    with pytest.raises(ValueError, match="set by fedavg_setting"):
+        rs.fedavg_setting("mnist", "UPA", dict(profile, aggregator="krum"), tpa=tpa, upa=upa)
+    with pytest.raises(ValueError, match="TPA labels"):
+        rs.fedavg_setting("emnist", "TPA", profile, tpa=tpa, upa=upa)

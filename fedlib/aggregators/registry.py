@@ -63,7 +63,8 @@ class Aggregator:
         Its calls never change this object's state; a stateless rule returns a fresh copy.
         """
         view = copy.copy(self)
-        view.weights = None
+        w = self.weights
+        view.weights = w[b].clone() if w is not None and w.dim() == 2 else None
         return view
 
     def __repr__(self) -> str:
@@ -276,7 +277,8 @@ _BUILDERS: dict[str, Callable[..., Any]] = {
     "median": lambda: Rule(median_rule()),
     "trimmed_mean": _count_rule("trimmed_mean", trimmed_mean_rule),
     "clipped_median": lambda threshold=2.0: Rule(clipped_median_rule(threshold)),
-    "geometric_median": lambda iters=10, eps=1e-6: Rule(geometric_median_rule(iters, eps)),
+    "geometric_median": lambda iters=10, eps=1e-6, tol=0.0:
+        Rule(geometric_median_rule(iters, eps, tol)),
     "fltrust": FLTrust,
     "bulyan": _count_rule("bulyan", bulyan_rule),
     "centered_clipping": CenteredClipping,

@@ -38,6 +38,7 @@ updates"); non-finite rows of the attackers' own ``honest_updates`` are ignored 
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Any
 
@@ -69,9 +70,21 @@ REGISTRY: dict[str, type[Attack]] = {
 }
 
 
+PLUGINS: dict[str, str] = {"rl": "fedlib.rl.online:OnlineRL"}
+"""Attacks that live in other packages, as ``"module:class"``, imported on first use. L2A's RL
+attack runs its own simulated federation (:mod:`fedlib.rl`), which builds on the round loop that
+in turn builds these attacks: naming it by path keeps ``fedlib.attacks`` free of that cycle."""
+
+
 def available() -> list[str]:
     """Names accepted by :func:`get`."""
-    return sorted({*REGISTRY, "rl"})
+    return sorted({*REGISTRY, *PLUGINS})
+
+
+def _plugin(key: str) -> type:
+    """The class a :data:`PLUGINS` entry names."""
+    module, _, cls = PLUGINS[key].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 _RENAMED_PARAMS: dict[str, dict[str, str]] = {"min_max": {"tau": "tolerance"},
@@ -82,9 +95,8 @@ _RENAMED_PARAMS: dict[str, dict[str, str]] = {"min_max": {"tau": "tolerance"},
 def get(name: str, **params: Any) -> Attack:
     """A new attack object ``name`` with keyword ``params`` (ValueError on unknown names/params)."""
     key = str(name).lower().replace("-", "_")
-    if key == "rl" and key not in REGISTRY:  # L2A's RL attack, imported on demand (fedlib.rl)
-        from ..rl.online import OnlineRL
-        REGISTRY[key] = OnlineRL
+    if key in PLUGINS and key not in REGISTRY:
+        REGISTRY[key] = _plugin(key)
     if key not in REGISTRY:
         raise ValueError(f"unknown attack {name!r}; available: {available()}")
     renamed = {old: new for old, new in _RENAMED_PARAMS.get(key, {}).items() if old in params}

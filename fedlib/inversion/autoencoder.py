@@ -60,9 +60,16 @@ def train_denoiser(x: Tensor, *, epochs: int = 50, sigma: float = 0.3, lr: float
     if epochs < 0 or batch_size < 1 or not lr > 0:
         raise ValueError(f"need epochs ≥ 0, batch_size ≥ 1, lr > 0; "
                          f"got {epochs}, {batch_size}, {lr}")
+    with torch.random.fork_rng(devices=[]):            # the caller's global RNG is spared
+        return _train_denoiser(x, epochs, sigma, lr, batch_size, hidden, seed, model)
+
+
+def _train_denoiser(x: Tensor, epochs: int, sigma: float, lr: float, batch_size: int,
+                    hidden: int, seed: int, model: nn.Module | None) -> nn.Module:
+    """:func:`train_denoiser`'s loop, inside a forked global RNG seeded with ``seed``."""
     g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     if model is None:
-        torch.manual_seed(seed)
         model = DenoisingAutoencoder(channels=x.shape[1], hidden=hidden)
     model = model.to(x.device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)

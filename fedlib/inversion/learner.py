@@ -177,6 +177,49 @@ class DistributionLearner:
         """Size of the learned set (real + reconstructed)."""
         return len(self.x_real) + sum(len(b) for b in self.denoised)
 
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Algorithm 2's state as tensors and plain data: the learned set so far, ḡ and the model
+        it is inverted at, the last model seen, the log and the networks' weights (no stream to
+        save: each round's inversion is seeded by (seed, round))."""
+        def weights(net: nn.Module | None) -> dict[str, Tensor] | None:
+            return None if net is None else {k: v.detach().clone()
+                                             for k, v in net.state_dict().items()}
+
+        return {"raw": list(self.raw), "denoised": list(self.denoised),
+                "label_probs": list(self.label_probs), "log": [dict(r) for r in self.log],
+                "seen": None if self._seen is None else [self._seen[0], self._seen[1]],
+                "gbar": self._gbar, "at": self._at,
+                "window": None if self._window is None else list(self._window),
+                "model": weights(self.model), "denoiser": weights(self.denoiser)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put :meth:`state_dict` back onto a learner built with the same arguments; a learner
+        built with ``denoiser=None`` gets A_denoise rebuilt from the saved weights (so that a
+        restore does not train it again), without touching the global random state."""
+        if state["denoiser"] is not None and self.denoiser is None:
+            from .autoencoder import DenoisingAutoencoder
+            first = state["denoiser"]["net.0.weight"]                 # (hidden, C, 3, 3)
+            with torch.random.fork_rng(devices=[]):
+                self.denoiser = DenoisingAutoencoder(channels=int(first.shape[1]),
+                                                     hidden=int(first.shape[0]))
+            self.denoiser.to(self.x_real.device).eval()
+        if state["denoiser"] is None:
+            self.denoiser = None
+        else:
+            self.denoiser.load_state_dict(state["denoiser"])
+        self.model.load_state_dict(state["model"])
+        dev = self.x_real.device
+        self.raw = [t.to(dev) for t in state["raw"]]
+        self.denoised = [t.to(dev) for t in state["denoised"]]
+        self.label_probs = [t.to(dev) for t in state["label_probs"]]
+        self.log = [dict(r) for r in state["log"]]
+        seen = state["seen"]
+        self._seen = None if seen is None else (int(seen[0]), seen[1].to(dev))
+        self._gbar, self._at = (None if t is None else t.to(dev)
+                                for t in (state["gbar"], state["at"]))
+        self._window = None if state["window"] is None else tuple(state["window"])
+
     def stats(self) -> dict[str, float]:
         """Totals over the inverted rounds (rounds, images, seconds, mean cosine)."""
         n = len(self.log)

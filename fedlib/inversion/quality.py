@@ -93,6 +93,15 @@ def classifier_accuracy(x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor, *,
         raise ValueError(f"need a non-empty training set with matching labels, "
                          f"got {len(x)}, {len(y)}")
     C = num_classes or int(max(int(y.max()), int(y_test.max())) + 1)
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        return _train_and_score(x, y, x_test, y_test, model, width, C, epochs, lr, batch_size,
+                                seed)
+
+
+def _train_and_score(x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor, model: str,
+                     width: float, C: int, epochs: int, lr: float, batch_size: int,
+                     seed: int) -> float:
+    """:func:`classifier_accuracy`'s training, inside a forked global RNG seeded with ``seed``."""
     torch.manual_seed(seed)
     net = models.build(model, num_classes=C, width=width).to(x.device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)

@@ -2,7 +2,8 @@
 
 ``EnvConfig`` describes the simulated federation; ``PoisoningEnv`` (gymnasium) and
 ``PoisoningVecEnv`` (stable-baselines3, B replicas batched) are its MDP; ``train_policy`` learns
-an attack policy with TD3 or PPO and returns a ``TrainedPolicy``.
+an attack policy with TD3 or PPO and returns a ``TrainedPolicy``; ``PolicyAttack`` executes a
+trained policy as the attack of a real run.
 """
 
 from .config import PRESETS, EnvConfig, approximate_root, synthetic_env_config
@@ -11,11 +12,14 @@ from .vecenv import PoisoningVecEnv
 
 __all__ = ["EnvConfig", "PRESETS", "approximate_root", "synthetic_env_config", "PoisoningEnv",
            "PoisoningVecEnv", "observation_space", "policy_action_space", "train_policy",
-           "TrainedPolicy", "default_steps"]
+           "TrainedPolicy", "default_steps", "PolicyAttack"]
 
 
 def __getattr__(name: str):
     if name in ("train_policy", "TrainedPolicy", "default_steps"):
         from . import train
         return getattr(train, name)
+    if name == "PolicyAttack":
+        from .policy_attack import PolicyAttack
+        return PolicyAttack
     raise AttributeError(name)

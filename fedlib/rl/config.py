@@ -22,7 +22,8 @@ ACTIONS = ("gamma_E", "E_lambda", "full")
 STEP_UNITS = ("attack_step", "round")
 FLTRUST_OBJECTIVES = ("cosine", "root_loss")
 SUPPORTED_RULES = ("mean", "krum", "multi_krum", "median", "trimmed_mean", "clipped_median",
-                   "geometric_median", "rfa", "fltrust", "bulyan", "centered_clipping")
+                   "geometric_median", "rfa", "fltrust", "bulyan", "centered_clipping", "romoa")
+PROTOCOLS = ("sync", "romoa")
 COUNT_RULES = ("krum", "multi_krum", "trimmed_mean", "bulyan")
 """Rules whose parameter f is a number of attackers (L2A §4.3: given the count actually sampled)."""
 
@@ -41,7 +42,7 @@ _DEFAULT_PRESET = {"krum": "krum", "multi_krum": "krum", "clipped_median": "clip
                    "median": "clipped_median", "trimmed_mean": "clipped_median",
                    "geometric_median": "geometric_median", "rfa": "geometric_median",
                    "fltrust": "fltrust", "bulyan": "krum", "mean": "krum",
-                   "centered_clipping": "clipped_median"}
+                   "centered_clipping": "clipped_median", "romoa": "clipped_median"}
 
 
 def _pair(xy: Any, what: str) -> tuple[Tensor, Tensor]:
@@ -92,6 +93,17 @@ class EnvConfig:
     batch_size: int = 128
     """B: a benign client's minibatch."""
     local_steps: int = 1
+    protocol: str = "sync"
+    """The server's protocol: ``"sync"`` (L2A Algorithm 1) or ``"romoa"`` (Romoa's lookahead
+    protocol: all K participants upload every iteration, the server aggregates every ``tau``
+    iterations; one env step is one iteration, so m = M in every step). Under ``"romoa"`` the
+    observation also holds ``"attacker_weight"``, the attackers' total weight in the server's last
+    aggregation (for Romoa the sum of their sanitizing factors' means): the threat model assumes
+    the server tells each participant the weight its upload received."""
+    tau: int = 4
+    """τ of ``protocol="romoa"``: iterations between two aggregations."""
+    moving_rate: float = 1.0
+    """γ of ``protocol="romoa"``: θᵢ ← θᵢ − γ(θᵢ − θ̄) at a sync."""
     horizon: int = 1000
     """H: steps per episode (1,000; 500 for FLTrust in App. E.1)."""
     step_unit: str = "attack_step"
@@ -130,7 +142,7 @@ class EnvConfig:
         if self.root is not None:
             self.root = _pair(self.root, "root")
         for name in ("num_clients", "clients_per_round", "batch_size", "local_steps", "horizon",
-                     "trajectories"):
+                     "trajectories", "tau"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer ≥ 1, got {v!r}")
@@ -157,6 +169,7 @@ class EnvConfig:
         if rule not in SUPPORTED_RULES:
             raise ValueError(f"aggregator {self.aggregator!r} cannot be simulated; choose one of "
                              f"{SUPPORTED_RULES}")
+        self._validate_protocol(rule)
         self.aggregator = rule
         self._resolve_action()
         if self.search_batch is None:
@@ -176,6 +189,24 @@ class EnvConfig:
         for what, (_, y) in (("data", self.data), ("holdout", self.holdout)):
             if int(y.min()) < 0 or int(y.max()) >= classes:
                 raise ValueError(f"{what} labels must lie in [0, {classes})")
+
+    def _validate_protocol(self, rule: str) -> None:
+        """Romoa's rule only under its lookahead protocol; that protocol's fixed settings."""
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if rule == "romoa" and self.protocol != "romoa":
+            raise ValueError("aggregator 'romoa' cannot be simulated under protocol 'sync': "
+                             "use protocol='romoa' (its sanitizing factors need lookahead uploads)")
+        if self.protocol == "romoa":
+            if self.clients_per_round != self.num_clients or self.local_steps != 1:
+                raise ValueError("protocol 'romoa': every participant uploads every iteration "
+                                 "after one local step (clients_per_round = num_clients, "
+                                 "local_steps = 1)")
+            if rule == "fltrust":
+                raise ValueError("FLTrust needs a server update, which protocol 'romoa' does not "
+                                 "provide")
+            if not (isinstance(self.moving_rate, (int, float)) and 0 <= self.moving_rate <= 1):
+                raise ValueError(f"moving_rate must be in [0, 1], got {self.moving_rate!r}")
 
     def _resolve_action(self) -> None:
         """Fill ``action``, ``preset`` and ``ranges`` from each other and validate them."""

@@ -3,7 +3,8 @@
 * **State / observation** (§4.3's compression): ``"last_layer"``, the last layer's weight and
   bias of the current global model min-max scaled to [−1, 1]; ``"attackers"``, m ∈ {0..w}, the
   number of attackers the server sampled for this round; with ``time_feature`` (default) also
-  ``"progress"`` = τ/H.
+  ``"progress"`` = τ/H; under Romoa's protocol also ``"attacker_weight"`` (see
+  :attr:`fedlib.rl.EnvConfig.protocol`).
 * **Steps** (``step_unit``): ``"attack_step"`` (default, §4.1 literally) — one step per round
   t(τ) with at least one sampled attacker; the attacker-free rounds up to t(τ + 1) belong to the
   transition and are simulated inside the step, so every transition's action matters and m ≥ 1
@@ -41,6 +42,8 @@ def observation_space(config: EnvConfig) -> gym.spaces.Dict:
     }
     if config.time_feature:
         parts["progress"] = gym.spaces.Box(0.0, 1.0, (1,), dtype=np.float32)
+    if config.protocol == "romoa":
+        parts["attacker_weight"] = gym.spaces.Box(0.0, 1.0, (1,), dtype=np.float32)
     return gym.spaces.Dict(parts)
 
 
@@ -53,8 +56,9 @@ def row_obs(obs: dict[str, torch.Tensor], i: int) -> dict[str, Any]:
     """Replica i's observation as numpy values matching :func:`observation_space`."""
     out: dict[str, Any] = {"last_layer": obs["last_layer"][i].numpy().astype(np.float32),
                            "attackers": np.int64(obs["attackers"][i])}
-    if "progress" in obs:
-        out["progress"] = obs["progress"][i].numpy().astype(np.float32)
+    for key in ("progress", "attacker_weight"):
+        if key in obs:
+            out[key] = obs[key][i].numpy().astype(np.float32)
     return out
 
 

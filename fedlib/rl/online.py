@@ -41,9 +41,10 @@ simulated with f = the number of attackers sampled, a fixed f as it is; rules th
 not model (Romoa, weighted mean) are simulated as the mean with a ``RuntimeWarning``
 (``rule=`` overrides the choice).
 
-**Checkpoints.** The attack's state holds live objects (the SB3 policy, the learner's networks,
-the simulator) that :mod:`fedlib.checkpoint` cannot rebuild on a fresh attack, so a cached run
-with this attack is not checkpointed: ``fedlib.runs`` warns once and runs on without.
+**Checkpoints.** :meth:`OnlineRL.state_dict` (:mod:`fedlib.rl.online_state`) is checkpointed with
+the federation; on restore the simulator of the last refresh is rebuilt from the config (P̃ only
+grows: its first rows are the refresh's) and the run continues bit-identically on CPU. A custom
+``trainer``'s policy that is not a ``TrainedPolicy`` cannot be stored (the run warns, runs on).
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ from ..attacks.base import (Attack, check_finite_output, repeat_rows,
 from ..context import AttackContext
 from ..engine import seed_for
 from .config import EnvConfig
-from .env import row_obs
-from .sim import Simulator, scale_last_layer
+from .online_state import attack_state, load_attack_state
+from .policy_attack import craft_real, execution_simulator, real_observation
+from .sim import Simulator
 from .simulated import infer_model, simulated_rule
 
 __all__ = ["OnlineRL", "scheduled_steps", "train_refresh", "DISTRIBUTIONS", "ROOT_KNOWLEDGE"]
@@ -74,12 +76,6 @@ _SET_BY_ATTACK = {"data", "holdout", "theta0", "model", "width", "num_classes", 
 """EnvConfig fields the attack fills from what it observes (not settable through ``env``)."""
 Trainer = Callable[..., Any]
 """(env_config, steps, seed, init) -> a policy with ``act(obs)`` and ``num_timesteps``."""
-
-
-class _LiveState:
-    """Marks :class:`OnlineRL`'s live state (SB3 policy, learner, simulator) as not plain data."""
-
-    __slots__ = ()
 
 
 def scheduled_steps(t: int, refresh_every: int, refresh_steps: int, total: int,
@@ -193,7 +189,6 @@ class OnlineRL(Attack):
         self._calls = 0
         self._next_round = 0
         self._sim: Optional[Simulator] = None
-        self._live = _LiveState()       # fedlib.checkpoint cannot rebuild it: runs go on without
 
     # ------------------------------------------------------------------ setup
     def prepare(self, task: Any) -> None:
@@ -235,14 +230,16 @@ class OnlineRL(Attack):
             pick = self._draw(len(x_own), min(self.samples, len(x_own)), "attacker-samples")
         self.x_real, self.y_real = x_own[pick].clone(), y_own[pick].clone()
         if self.learn_rounds > 0:                   # inversion runs where the federation runs
-            from ..inversion import DistributionLearner
-            dev = ctx.theta.device
-            net = models.build(self.model_name, num_classes=self.classes, width=self.width).to(dev)
-            y = self.y_real if self.distribution == "learned" else torch.zeros_like(self.y_real)
-            self.learner = DistributionLearner(net, self.x_real.to(dev), y.to(dev),
-                                               rounds=self.learn_rounds, seed=self.seed,
-                                               **self.inversion_kw)
+            self.learner = self._new_learner(ctx.theta.device)
         self._ready = True
+
+    def _new_learner(self, dev: torch.device, **override: Any) -> Any:
+        """Algorithm 2's learner on the attackers' m samples (RL₀: their labels hidden)."""
+        from ..inversion import DistributionLearner
+        net = models.build(self.model_name, num_classes=self.classes, width=self.width).to(dev)
+        y = self.y_real if self.distribution == "learned" else torch.zeros_like(self.y_real)
+        return DistributionLearner(net, self.x_real.to(dev), y.to(dev), rounds=self.learn_rounds,
+                                   seed=self.seed, **{**self.inversion_kw, **override})
 
     def _draw(self, n: int, k: int, purpose: str) -> Tensor:
         """k of n indices without replacement, seeded as ``fedlib.inversion.attacker_samples``."""
@@ -257,9 +254,12 @@ class OnlineRL(Attack):
         x, y = self.learner.dataset(include_real=self.distribution == "learned")
         return x.cpu(), y.cpu()
 
-    def env_config(self, round: int) -> Optional[EnvConfig]:
-        """The attackers' simulator (L2A §4.3) from the current P̃; None while P̃ is empty (RL₀)."""
+    def env_config(self, round: int, size: Optional[int] = None) -> Optional[EnvConfig]:
+        """The attackers' simulator (L2A §4.3) from the current P̃ (its first ``size`` rows: P̃
+        as it was when it had that size, since it only grows); None while P̃ is empty (RL₀)."""
         x, y = self.learned_distribution()
+        if size is not None:
+            x, y = x[:size], y[:size]
         if len(x) == 0:
             return None
         holdout = (x, y) if self.distribution == "unlabeled" else (self.x_real, self.y_real)
@@ -310,8 +310,16 @@ class OnlineRL(Attack):
         self.trained += steps
         self.refreshes.append({"round": round, "steps": steps, "total": self.trained,
                                "data": len(config.data[0])})
-        self._sim = Simulator(config, [seed_for(self.seed, "execute") % 2**31])
-        self._sim.episode[0] = 0
+        self._sim = execution_simulator(config, self.seed)
+
+    def _rebuild_simulator(self) -> None:
+        """The simulator the last refresh built (as in :meth:`_refresh`), from the config."""
+        if self.policy is None or not self.refreshes:
+            self._sim = None
+            return
+        last = self.refreshes[-1]
+        self._sim = execution_simulator(self.env_config(last["round"], size=last["data"]),
+                                        self.seed)
 
     def _unit(self) -> int:
         """train_policy's step granularity: train_freq (TD3) or n_steps (PPO) × num_envs."""
@@ -352,17 +360,23 @@ class OnlineRL(Attack):
         self._calls += 1
         self._refresh(t)
 
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The attack's state as tensors and plain data (:mod:`fedlib.rl.online_state`)."""
+        return attack_state(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put :meth:`state_dict` onto an attack built from the same config (the learner's
+        denoiser loaded, not trained again; the simulator rebuilt; global RNG untouched)."""
+        load_attack_state(self, state)
+        self._rebuild_simulator()
+
     # ------------------------------------------------------------------ phase 3
     def observation(self, theta: Tensor, m: int) -> dict[str, Any]:
         """The policy's observation of the real θ (L2A §4.3: last layer scaled, m, τ/H)."""
-        sim = self._sim
-        cfg = sim.cfg
-        obs = {"last_layer": scale_last_layer(theta.detach().cpu()[None, sim.last_slice]).float(),
-               "attackers": torch.tensor([min(m, cfg.clients_per_round)])}
-        if cfg.time_feature:
-            tau = self._calls - 1 if cfg.step_unit == "attack_step" else self._next_round - 1
-            obs["progress"] = torch.tensor([[min(tau / cfg.horizon, 1.0)]], dtype=torch.float32)
-        return row_obs(obs, 0)
+        cfg = self._sim.cfg
+        tau = self._calls - 1 if cfg.step_unit == "attack_step" else self._next_round - 1
+        return real_observation(self._sim, theta, m, tau)
 
     def craft(self, ctx: AttackContext) -> Tensor:
         """Phase 3 (§4.4): the policy's action, crafted as in the simulator, sent by all m."""
@@ -371,14 +385,10 @@ class OnlineRL(Attack):
             self.log.append({"round": ctx.round, "m": m, "policy_steps": 0, "action": None})
             return ctx.honest_updates.clone()
         action = np.asarray(self.policy.act(self.observation(ctx.theta, m)), dtype=np.float32)
-        sim = self._sim
-        sim.theta[0] = ctx.theta.detach().cpu().to(sim.theta.dtype)
-        sim.round[0] = int(ctx.round)
-        update, info = sim.craft([0], torch.from_numpy(action.reshape(1, -1)))
+        update, info = craft_real(self._sim, ctx.theta, ctx.round, action)
         self.log.append({"round": ctx.round, "m": m, "policy_steps": self.trained,
-                         "action": action.tolist(),
-                         **{k: float(v[0]) for k, v in info.items()}})
-        return repeat_rows(update[0].to(ctx.honest_updates), m)
+                         "action": action.tolist(), **info})
+        return repeat_rows(update.to(ctx.honest_updates), m)
 
     def __call__(self, ctx: AttackContext) -> Tensor:
         """All three phases for one round; honest uploads before ``attack_start``."""

@@ -1,24 +1,32 @@
-"""The attackers' simulated federation (L2A §4.3), batched over B independent replicas.
+"""The attackers' simulated federation (L2A §4.3): B episodes as one federation's replicas.
 
-Each replica is one episode of the MDP of §4.1. Per round t of replica b:
+Each replica of the federation is one episode of the MDP of §4.1; the round loop is the real
+one (:class:`fedlib.protocols.SyncRounds` — sampling, local training, the attack seam,
+aggregation), so the attackers simulate exactly the server real runs use. Per round t of
+replica b:
 
 1. the server samples w of the K clients uniformly without replacement; clients 0..M−1 are the
    attackers, so m = |sampled ∩ [0, M)| (exactly as the real server would);
-2. each sampled benign client takes ``local_steps`` SGD steps from θ_t on minibatches of B drawn
-   i.i.d. (with replacement) from P̃ and uploads Δ = θ_t − θ';
+2. each sampled benign client takes ``local_steps`` SGD steps from θ_t on minibatches of B
+   drawn i.i.d. (with replacement) from P̃ (the task's ``iid_pool``: one stream per replica and
+   round) and uploads Δ = θ_t − θ'; the attackers' own honest training is skipped (their hook
+   never reads it);
 3. each sampled attacker uploads the crafted update (:mod:`fedlib.rl.actions`; one update shared
-   by all m of them, §4.3: π₁ = … = π_M);
-4. the server sets θ_{t+1} = θ_t − Aggr(Δ), its rule and parameters simulated exactly (a
-   non-finite upload counts as a zero update, and an aggregate that would make θ non-finite is
-   not applied: a simulated episode never dies of overflow); for the
-   count-dependent rules (Krum, multi-Krum, trimmed mean, Bulyan) with ``f="sampled"`` the rule
-   gets f = m, the number of attackers actually sampled this round, capped at the largest f the
-   rule accepts with w uploads (the attackers know m, §4.4, and the authors' code passing the
-   global M = 20 with w = 10 makes every Krum score 0).
+   by all m of them, §4.3: π₁ = … = π_M), through the federation's attack seam;
+4. the server sets θ_{t+1} = θ_t − Aggr(Δ), its rule and parameters simulated exactly (the
+   federation's ``nonfinite="skip"``: a non-finite upload counts as a zero update, and an
+   aggregate that would make θ non-finite is not applied: a simulated episode never dies of
+   overflow); for the count-dependent rules (Krum, multi-Krum, trimmed mean, Bulyan) with
+   ``f="sampled"`` the rule gets f = m, the number of attackers actually sampled this round,
+   capped at the largest f the rule accepts with w uploads (the attackers know m, §4.4, and the
+   authors' code passing the global M = 20 with w = 10 makes every Krum score 0).
 
-Every random draw comes from a generator seeded by (replica seed, episode, round, purpose)
-through :func:`fedlib.engine.seed_for`, so a replica's trajectory does not depend on which other
-replicas run beside it, and the caller's global RNG is never touched.
+Episodes are the federation's replicas on separate clocks (``separate_clocks=True``): in
+``"attack_step"`` mode one env step advances each replica to *its* next round with an attacker,
+so replicas move by different numbers of rounds; a reset restarts a replica from θ₀ with the
+episode's seed. Every random draw comes from a stream seeded by (replica seed, episode, round,
+purpose) through :func:`fedlib.engine.seed_for`, so a replica's trajectory does not depend on
+which other replicas run beside it, and the caller's global RNG is never touched.
 """
 
 from __future__ import annotations
@@ -30,8 +38,10 @@ import torch
 from torch import Tensor
 
 from .. import aggregators
-from ..context import RoundContext
-from ..engine import seed_for
+from ..config import RunConfig
+from ..context import AttackContext
+from ..engine import Task, seed_for
+from ..federation import Federation
 from . import actions as act
 from .config import COUNT_RULES, EnvConfig
 
@@ -61,7 +71,7 @@ def scale_last_layer(v: Tensor) -> Tensor:
 
 
 class Simulator:
-    """B replicas of the attackers' simulated federation; see the module docstring."""
+    """B episodes of the attackers' simulated federation; see the module docstring."""
 
     def __init__(self, config: EnvConfig, seeds: Sequence[int]):
         if len(seeds) < 1:
@@ -94,29 +104,67 @@ class Simulator:
         for m in {0, min(w, cfg.num_attackers)}:
             self._build_rule(m)  # validates the rule's parameters before any work
         server_params = dict(self.params)
-        if self.rule in COUNT_RULES:
+        if self.rule in COUNT_RULES and server_params.get("f", "sampled") == "sampled":
             server_params["f"] = "per_call"                # f from ctx.num_malicious (f_for)
-        self.server = aggregators.get(self.rule, **server_params)
         self.step_size = cfg.search_lr if cfg.search_lr is not None else cfg.lr
         self.seeds = [int(s) for s in seeds]
         self.episode = [-1] * self.B
-        self.round = [0] * self.B
         self.tau = [0] * self.B
-        self.theta = self.theta0.expand(self.B, -1).clone()
         self.m_next = torch.zeros(self.B, dtype=torch.long)
         self.cur_loss = torch.zeros(self.B, dtype=self.theta0.dtype)
-        self.rules: list[dict[int, Any]] = [{} for _ in range(self.B)]
+        self.attacker_weight = torch.zeros(self.B, dtype=torch.float32)
         self.last: list[dict[str, Any]] = [{} for _ in range(self.B)]
+        self.fed = self._federation(aggregators.get(self.rule, **server_params))
+
+    def _federation(self, server: Any) -> Federation:
+        """The simulated server: every client's local set is P̃, clients 0..M−1 attack."""
+        cfg = self.cfg
+        every = torch.arange(len(self.x), device=self.x.device)
+        task = Task(model=self.model, spec=self.spec, x_train=self.x, y_train=self.y,
+                    x_test=self.hx, y_test=self.hy, clients=[every] * cfg.num_clients,
+                    num_classes=self.spec.shapes[-1][0], device=self.theta0.device,
+                    iid_pool=True)
+        small = self.d < 10_000 or self.theta0.device.type == "cuda"
+        protocol = dict(protocol="romoa", tau=cfg.tau, moving_rate=cfg.moving_rate) \
+            if cfg.protocol == "romoa" else dict(clients_per_round=cfg.clients_per_round,
+                                                 local_steps=cfg.local_steps)
+        run = RunConfig(dataset="learned", model=cfg.model, width=cfg.width,
+                        num_clients=cfg.num_clients, lr=cfg.lr, batch_size=cfg.batch_size,
+                        num_attackers=cfg.num_attackers, aggregator=self.rule,
+                        strategy="vmap" if small else "sequential", device=str(self.theta0.device),
+                        **protocol)
+        run.validate()
+        return Federation(task, run, [self._episode_seed(b) for b in range(self.B)],
+                          theta0=self.theta0, aggregator=server,
+                          server_update=self.server_update if self.rule == "fltrust" else None,
+                          separate_clocks=True, nonfinite="skip")
+
+    # ------------------------------------------------------------------ views of the federation
+    @property
+    def theta(self) -> Tensor:
+        """(B, d): each episode's current global model θ_t."""
+        return self.fed.theta
+
+    @theta.setter
+    def theta(self, value: Tensor) -> None:
+        self.fed.theta = value
+
+    @property
+    def round(self) -> list[int]:
+        """Each episode's FL round t (the federation's clock of that replica)."""
+        return self.fed.rounds
 
     # ------------------------------------------------------------------ pieces
+    def _episode_seed(self, b: int) -> int:
+        return seed_for(self.seeds[b], "episode", self.episode[b])
+
     def _gen(self, b: int, t: int, purpose: str) -> torch.Generator:
         return torch.Generator().manual_seed(
             seed_for(self.seeds[b], "episode", self.episode[b], "round", t, purpose))
 
     def sample(self, b: int, t: int) -> tuple[Tensor, Tensor]:
         """(ids (w,), is_malicious (w,)): the clients the server samples in round t of replica b."""
-        ids = torch.randperm(self.cfg.num_clients, generator=self._gen(b, t, "sample"))
-        ids = ids[: self.cfg.clients_per_round]
+        ids = self.fed.protocol.draw(self.fed.seeds[b], t, self.cfg.num_clients)
         return ids, ids < self.cfg.num_attackers
 
     def f_for(self, m: int) -> int | None:
@@ -134,29 +182,6 @@ class Simulator:
         if f is not None:
             params["f"] = f
         return aggregators.get(self.rule, **params)
-
-    def rule_for(self, b: int, m: int) -> Any:
-        """Replica b's aggregator object for a round with m sampled attackers."""
-        key = self.f_for(m)
-        key = -1 if key is None else key
-        if key not in self.rules[b]:
-            self.rules[b][key] = self._build_rule(m)
-        return self.rules[b][key]
-
-    def _benign_deltas(self, thetas: Tensor, gens: list[torch.Generator], counts: list[int]
-                       ) -> Tensor:
-        """Σ counts benign uploads: local SGD from each replica's θ on i.i.d. minibatches of P̃."""
-        cfg = self.cfg
-        rows = thetas.repeat_interleave(torch.tensor(counts), 0)
-        if len(rows) == 0:
-            return rows
-        idx = torch.cat([torch.randint(len(self.x), (c, cfg.local_steps, cfg.batch_size),
-                                       generator=g) for g, c in zip(gens, counts)])
-        idx = idx.to(self.x.device)
-        th = rows
-        for s in range(cfg.local_steps):
-            th = th - cfg.lr * self.grad(th, self.x[idx[:, s]], self.y[idx[:, s]])
-        return rows - th
 
     def _search_batches(self, gens: list[torch.Generator], e_max: int) -> Tensor:
         """(n, G, E_max, B̃) local-search minibatch indices, drawn step by step from each stream."""
@@ -212,63 +237,32 @@ class Simulator:
 
     # ------------------------------------------------------------------ rounds
     def play_round(self, rows: list[int], actions: Tensor | None) -> None:
-        """Simulate one round of each listed replica; ``actions`` (len(rows), k) or None (no attack
-        possible: only valid for rounds without sampled attackers)."""
-        sampled = [self.sample(b, self.round[b]) for b in rows]
-        mal = torch.stack([m for _, m in sampled])                       # (R, w)
-        ids = torch.stack([i for i, _ in sampled])
-        ms = mal.sum(1)
-        w, R = self.cfg.clients_per_round, len(rows)
-        gens = [self._gen(b, self.round[b], "benign") for b in rows]
-        benign = self._benign_deltas(self.theta[rows], gens, (w - ms).tolist())
-        att = (ms > 0).nonzero().squeeze(1).tolist()
-        ups = torch.empty(R, w, self.d, dtype=self.theta.dtype, device=self.theta.device)
-        ups[~mal] = benign
+        """Simulate one round of each listed replica on the federation; ``actions``
+        (len(rows), k) or None (only valid for rounds without sampled attackers)."""
+        ms = [int(self.sample(b, self.round[b])[1].sum()) for b in rows]
+        att = [i for i, m in enumerate(ms) if m > 0]
+        crafted = torch.zeros(len(rows), self.d, dtype=self.theta.dtype, device=self.theta.device)
         info: dict[str, Tensor] = {}
         if att:
             if actions is None:
                 raise ValueError("a round with sampled attackers needs an action")
-            crafted, info = self.craft([rows[i] for i in att], torch.as_tensor(actions)[att])
-            full = torch.zeros(R, self.d, dtype=ups.dtype, device=ups.device)
-            full[att] = crafted.to(ups.dtype)
-            ups[mal] = full[mal.nonzero()[:, 0]]              # every attacker sends the update
-        theta = self.theta[rows]
-        ups = torch.nan_to_num(ups, nan=0.0, posinf=0.0, neginf=0.0) \
-            if not bool(torch.isfinite(ups).all()) else ups       # a broken client sends nothing
-        new = theta - self._aggregate(rows, ups, theta, ids, ms)
-        keep = torch.isfinite(new).all(dim=1, keepdim=True)       # a server keeps a finite model
-        self.theta[rows] = torch.where(keep, new, theta)
+            made, info = self.craft([rows[i] for i in att], torch.as_tensor(actions)[att])
+            crafted[att] = made.to(crafted.dtype)
+
+        def hook(ctx: AttackContext) -> Tensor:        # every sampled attacker sends the update
+            return crafted[ctx.replica].expand(ctx.num_malicious, -1)
+
+        hook.reads_honest_updates = False              # attackers skip honest local training
+
+        before = [self.round[b] for b in rows]
+        res = self.fed.step(malicious=hook, rows=rows)
         where = {i: j for j, i in enumerate(att)}
         for i, b in enumerate(rows):
-            m = int(ms[i])
-            self.last[b] = {"round": self.round[b], "uploads": ups[i], "malicious": mal[i],
-                            "client_ids": ids[i], "f": self.f_for(m), "num_attackers": m,
+            m = ms[i]
+            self.last[b] = {"round": before[i], "uploads": res.uploads[i],
+                            "malicious": res.is_malicious[i], "client_ids": res.client_ids[i],
+                            "f": self.f_for(m), "num_attackers": m,
                             **({k: v[where[i]].item() for k, v in info.items()} if m else {})}
-            self.round[b] += 1
-
-    def _aggregate(self, rows: list[int], ups: Tensor, theta: Tensor, ids: Tensor, ms: Tensor
-                   ) -> Tensor:
-        """θ_t − θ_{t+1} of each listed replica: one batched call of the server's rule (a loop
-        over replicas for centered clipping, whose momentum is each replica's own)."""
-        if self.rule == "centered_clipping":
-            out = []
-            for i, b in enumerate(rows):
-                rule = self.rule_for(b, int(ms[i]))
-                out.append(rule(ups[i], RoundContext(round=self.round[b], theta=theta[i],
-                                                     spec=self.spec, lr=self.cfg.lr,
-                                                     client_ids=ids[i])))
-            return torch.stack(out)
-        fs = None if self.rule not in COUNT_RULES else \
-            torch.tensor([self.f_for(int(m)) for m in ms], dtype=torch.long)
-        ctx = RoundContext(round=self.round[rows[0]], theta=theta, spec=self.spec, lr=self.cfg.lr,
-                           client_ids=ids, num_malicious=fs,
-                           server_update=(lambda: self.server_update(theta))
-                           if self.rule == "fltrust" else None)
-        return self.batched_rule(ctx, ups)
-
-    def batched_rule(self, ctx: RoundContext, ups: Tensor) -> Tensor:
-        """The server's rule on a replica batch (R, w, d) → (R, d) (f per replica from ctx)."""
-        return self.server(ups, ctx)
 
     def _advance_to_attack(self, rows: list[int]) -> None:
         """Simulate attacker-free rounds of the listed replicas until each samples an attacker."""
@@ -280,7 +274,19 @@ class Simulator:
     def _refresh(self, rows: list[int]) -> None:
         for b in rows:
             self.m_next[b] = int(self.sample(b, self.round[b])[1].sum())
+            if self.cfg.protocol == "romoa":
+                self.attacker_weight[b] = self._attacker_weight(b)
         self.cur_loss[rows] = self.holdout_loss(self.theta[rows])
+
+    def _attacker_weight(self, b: int) -> float:
+        """The attackers' total weight in replica b's last aggregation (0 before the first)."""
+        if self.round[b] == 0:
+            return 0.0
+        w = self.fed.weights(b)
+        if w is None:
+            return 0.0
+        w = torch.as_tensor(w, dtype=torch.float64).reshape(-1)
+        return float(w[: self.cfg.num_attackers].sum().clamp(0.0, 1.0))
 
     # ------------------------------------------------------------------ episodes
     def reset(self, rows: list[int], seeds: Sequence[int | None] | None = None) -> None:
@@ -291,10 +297,9 @@ class Simulator:
                 self.seeds[b], self.episode[b] = int(s), 0
             else:
                 self.episode[b] += 1
-            self.round[b], self.tau[b] = 0, 0
-            self.theta[b] = self.theta0
-            self.rules[b] = {}
+            self.tau[b] = 0
             self.last[b] = {}
+        self.fed.reset_replicas(rows, [self._episode_seed(b) for b in rows])
         if self.cfg.step_unit == "attack_step":
             self._advance_to_attack(rows)
         self._refresh(rows)
@@ -319,17 +324,20 @@ class Simulator:
         if self.cfg.time_feature:
             obs["progress"] = (torch.tensor(self.tau, dtype=torch.float32)
                                / self.cfg.horizon)[:, None]
+        if self.cfg.protocol == "romoa":
+            obs["attacker_weight"] = self.attacker_weight.clone()[:, None]
         return obs
 
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict[str, Any]:
         """Everything needed to continue bit-identically (plain data and tensors)."""
-        momentum = [{k: r.momentum.clone() for k, r in self.rules[b].items()
-                     if getattr(r, "momentum", None) is not None} for b in range(self.B)]
+        aggs = self.fed.aggregators
+        momentum = [{} if getattr(a, "momentum", None) is None else {-1: a.momentum.clone()}
+                    for a in (aggs if len(aggs) == self.B else [])]
         return {"seeds": list(self.seeds), "episode": list(self.episode),
                 "round": list(self.round), "tau": list(self.tau), "theta": self.theta.clone(),
                 "m_next": self.m_next.clone(), "cur_loss": self.cur_loss.clone(),
-                "momentum": momentum}
+                "attacker_weight": self.attacker_weight.clone(), "momentum": momentum}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`get_state`'s output."""
@@ -337,12 +345,12 @@ class Simulator:
             raise ValueError(f"state is for {tuple(state['theta'].shape)} replicas × parameters, "
                              f"this simulator has ({self.B}, {self.d})")
         self.seeds, self.episode = list(state["seeds"]), list(state["episode"])
-        self.round, self.tau = list(state["round"]), list(state["tau"])
-        self.theta = state["theta"].clone()
+        self.tau = list(state["tau"])
+        self.fed.reset_replicas(range(self.B), [self._episode_seed(b) for b in range(self.B)])
+        self.fed.rounds = [int(t) for t in state["round"]]
+        self.fed.theta = state["theta"].clone()
         self.m_next, self.cur_loss = state["m_next"].clone(), state["cur_loss"].clone()
-        self.rules = [{} for _ in range(self.B)]
+        self.attacker_weight = state.get("attacker_weight", torch.zeros(self.B)).clone()
         for b, mom in enumerate(state["momentum"]):
-            for k, v in mom.items():
-                rule = self._build_rule(0 if k < 0 else k)
-                rule.momentum = v.clone()
-                self.rules[b][k] = rule
+            if mom:
+                self.fed.aggregators[b].momentum = next(iter(mom.values())).clone()
