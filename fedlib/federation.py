@@ -285,6 +285,8 @@ class Federation:
             for k, v in full.items():
                 setattr(self, k, v)
             self.aggregators = full_aggs
+            if self.batched_aggregator and hasattr(full_aggs[0], "weights"):
+                full_aggs[0].weights = None       # a subset's weights do not describe the batch
 
     def run(self, rounds: int, observers: Sequence[Observer] = (), progress: bool = True) -> Tensor:
         """Step ``rounds`` times, calling every observer after each step; returns θ (B, d)."""

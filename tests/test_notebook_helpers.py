@@ -200,3 +200,25 @@ def test_l2a_paper_tables():
     assert all(len(v) == len(t.TABLE3_ATTACKERS) for v in t.TABLE3.values())
     assert len(t.TABLE1_SECONDS) == len(t.TABLE1_STAGES)
     assert t.FIGS9_10["clipped_median"]["rl28"] == 0.6890
+
+
+def test_curve_settings_build_the_figures_run_configs():
+    from fedlib.l2a_settings import CurveSettings
+    values = dict(dataset="mnist", width=0.5, num_clients=100, clients_per_round=10,
+                  num_attackers=20, lr=0.01, batch_size=128, rounds=50, krum_f=3,
+                  clip_threshold=2.0, eval_every=10, eval_size=500, train_size=None, q=0.5,
+                  samples=200, learn_rounds=10, rl_start=10, refresh_every=5, refresh_steps=100,
+                  policy_steps=400, horizon=50, policy_lr=1e-3, algo_kwargs={}, inversion_batch=4,
+                  inversion_iterations=20, denoiser_epochs=2, search_lr=None, search_batch=50,
+                  unrelated=1)
+    s = CurveSettings.from_parameters(values)
+    krum = s.run_config("krum", "q-noniid", "lmp", seed=3)
+    assert krum["aggregator_params"] == {"f": 3} and krum["attack"] == "lmp_krum"
+    assert krum["q"] == 0.5 and krum["seed"] == 3 and "attack_params" not in krum
+    assert s.run_config("krum", "iid", "none", 0)["num_attackers"] == 0
+    rl = s.run_config("clipped_median", "iid", "rl", 1)
+    assert rl["attack"] == "rl" and rl["attack_params"]["seed"] == 1
+    assert rl["aggregator_params"] == {"threshold": 2.0} and "q" not in rl
+    del values["horizon"]
+    with pytest.raises(ValueError, match="horizon"):
+        CurveSettings.from_parameters(values)

@@ -372,3 +372,14 @@ def test_policy_attack_executes_a_policy_in_a_real_lookahead_run():
     assert all(PoisoningEnv(c).observation_space.contains(o) for o in obs)
     with pytest.raises(ValueError, match="act"):
         PolicyAttack(object(), c)
+
+
+def test_vecenv_with_many_replicas_on_separate_clocks_steps_krum():
+    """Subsets of replicas advance alone (attack_step); a subset's rule weights never leak into
+    another replica's probe of the rule."""
+    c = cfg(action="gamma_E", aggregator="krum", horizon=9, num_attackers=5)   # m = 0 often
+    vec = PoisoningVecEnv(c, num_envs=8)
+    vec.reset()
+    for _ in range(8):
+        vec.step(np.zeros((8, 2), np.float32))
+    assert len(set(vec.sim.round)) > 1                   # the clocks did drift apart

@@ -64,7 +64,7 @@ class Aggregator:
         """
         view = copy.copy(self)
         w = self.weights
-        view.weights = w[b].clone() if w is not None and w.dim() == 2 else None
+        view.weights = w[b].clone() if w is not None and w.dim() == 2 and b < len(w) else None
         return view
 
     def __repr__(self) -> str:
