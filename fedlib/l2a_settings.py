@@ -102,7 +102,7 @@ class CurveSettings:
 
     @classmethod
     def from_parameters(cls, values: Mapping[str, Any]) -> "CurveSettings":
-        """The settings named in ``values`` (a notebook's ``globals()``); missing ones are errors."""
+        """The settings named in ``values`` (a notebook's ``globals()``); ``model`` optional."""
         names = [f.name for f in fields(cls)]
         missing = [n for n in names if n not in values and n != "model"]
         if missing:
