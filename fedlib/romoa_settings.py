@@ -214,7 +214,7 @@ def attack_config(attack: str, dataset: str = "mnist", adversaries: int = 1,
     out: dict[str, Any] = {}
     if key == "upa":
         out = {"space": upa_space}
-    if key == "tpa":
+    if key == "tpa" and not {"source", "poison"} <= set(extra):
         if dataset not in TPA_LABELS:
             raise ValueError(f"no TPA labels for dataset {dataset!r}; pass params=dict(source=…, "
                              f"poison=…) or use one of {sorted(TPA_LABELS)}")

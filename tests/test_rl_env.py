@@ -383,3 +383,12 @@ def test_vecenv_with_many_replicas_on_separate_clocks_steps_krum():
     for _ in range(8):
         vec.step(np.zeros((8, 2), np.float32))
     assert len(set(vec.sim.round)) > 1                   # the clocks did drift apart
+
+
+@pytest.mark.parametrize("rule, params", [("krum", {"f": 2}), ("krum", {}),
+                                          ("trimmed_mean", {})])
+def test_count_rules_can_be_simulated_under_romoas_protocol(rule, params):
+    env = PoisoningEnv(cfg(**{**ROMOA, "aggregator": rule, "aggregator_params": params}))
+    env.reset(seed=0)
+    _, r, *_ = env.step(np.zeros(28, np.float32))
+    assert np.isfinite(r) and env.sim.last[0]["f"] == (params.get("f") or 3)

@@ -278,3 +278,12 @@ def test_fedavg_setting_is_the_config_of_figs_1_and_2():
         rs.fedavg_setting("mnist", "UPA", dict(profile, aggregator="krum"), tpa=tpa, upa=upa)
     with pytest.raises(ValueError, match="TPA labels"):
         rs.fedavg_setting("emnist", "TPA", profile, tpa=tpa, upa=upa)
+
+
+def test_tpa_on_a_dataset_without_default_labels_takes_them_from_params():
+    from fedlib import romoa_settings
+    cfg = romoa_settings.attack_config("tpa", dataset="synthetic", adversaries=2,
+                                       params=dict(source=0, poison=1))
+    assert cfg["attack_params"]["source"] == 0 and cfg["attack_params"]["poison"] == 1
+    with pytest.raises(ValueError, match="no TPA labels"):
+        romoa_settings.attack_config("tpa", dataset="synthetic", adversaries=2)

@@ -114,9 +114,9 @@ class Simulator:
         self.cur_loss = torch.zeros(self.B, dtype=self.theta0.dtype)
         self.attacker_weight = torch.zeros(self.B, dtype=torch.float32)
         self.last: list[dict[str, Any]] = [{} for _ in range(self.B)]
-        self.fed = self._federation(aggregators.get(self.rule, **server_params))
+        self.fed = self._federation(aggregators.get(self.rule, **server_params), server_params)
 
-    def _federation(self, server: Any) -> Federation:
+    def _federation(self, server: Any, server_params: dict) -> Federation:
         """The simulated server: every client's local set is P̃, clients 0..M−1 attack."""
         cfg = self.cfg
         every = torch.arange(len(self.x), device=self.x.device)
@@ -131,6 +131,7 @@ class Simulator:
         run = RunConfig(dataset="learned", model=cfg.model, width=cfg.width,
                         num_clients=cfg.num_clients, lr=cfg.lr, batch_size=cfg.batch_size,
                         num_attackers=cfg.num_attackers, aggregator=self.rule,
+                        aggregator_params=server_params,
                         strategy="vmap" if small else "sequential", device=str(self.theta0.device),
                         **protocol)
         run.validate()
