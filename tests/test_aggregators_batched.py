@@ -1,5 +1,6 @@
 """Replica batches for fedlib.aggregators: (..., n, d) calls equal separate (n, d) calls, and
-unbatched calls equal the frozen pre-batching implementation bit for bit.
+unbatched calls equal the frozen pre-batching implementation bit for bit (the geometric median,
+whose distance pass was rewritten since, to float rounding).
 
 Tolerance: rules whose output is a selected row or coordinate-wise order statistics (Krum,
 median, trimmed mean, clipped median, Bulyan) equal the separate calls *exactly* (torch.equal),
@@ -219,6 +220,9 @@ OLD = {
 }
 
 
+REWRITTEN = {"geometric_median"}  # blockwise exact distances replaced torch.cdist's
+
+
 @pytest.mark.parametrize("name", sorted(OLD))
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("n, d, seed", [(9, 7, 0), (12, 300, 1), (17, 5000, 2), (9, 1, 3)])
@@ -231,7 +235,10 @@ def test_unbatched_calls_match_the_frozen_implementation_bit_for_bit(name, dtype
               "v0": torch.randn(d, generator=g, dtype=dtype) * 1e-2}
     new, old, kw = OLD[name]
     kw = {k: values.get(v, v) if isinstance(v, str) else v for k, v in kw.items()}
-    assert torch.equal(new(x, **kw), old(x, **kw))
+    if name in REWRITTEN:  # a new distance pass: equal to float rounding, not bit for bit
+        assert same(new(x, **kw), old(x, **kw), name, dtype)
+    else:
+        assert torch.equal(new(x, **kw), old(x, **kw))
 
 
 def test_unbatched_weights_match_the_frozen_implementation():
@@ -240,11 +247,12 @@ def test_unbatched_weights_match_the_frozen_implementation():
     pairs = [(agg.selection.krum_rule(2), old_sel.krum_rule(2)),
              (agg.selection.bulyan_rule(1), old_sel.bulyan_rule(1)),
              (agg.coordinate.trimmed_mean_rule(3), old_coord.trimmed_mean_rule(3)),
-             (agg.coordinate.median_rule(), old_coord.median_rule()),
-             (agg.iterative.geometric_median_rule(), old_iter.geometric_median_rule())]
+             (agg.coordinate.median_rule(), old_coord.median_rule())]
     for new, old in pairs:
         (a, wa), (b, wb) = new(x), old(x)
         assert torch.equal(a, b) and torch.equal(wa, wb), new.name
+    (a, wa), (b, wb) = agg.iterative.geometric_median_rule()(x), old_iter.geometric_median_rule()(x)
+    assert same(a, b, "", x.dtype) and same(wa, wb, "", x.dtype)
     g0 = torch.randn(50, generator=g)
     (a, wa), (b, wb) = agg.averaging.fltrust_rule()(x, batch_params={"server_update": g0}), \
         old_avg.fltrust_rule()(x, server_update=g0)
