@@ -7,16 +7,23 @@ Measures, in one run:
   L2A MNIST CNN (``--mnist``, random 28×28 data: timing does not depend on pixel values) with the
   ``"gamma_E"`` action at E = 10 (the middle of Krum's range);
 * TD3 env steps per second (App. E.1 settings, ``gradient_steps=-1``: one gradient step per env
-  step) and the wall time of the synthetic policy (8,000 steps by default; goal: under a minute on
-  two CPU cores). The paper's reference: ≈ 0.05 s per simulated round with 10 clients on a P100,
+  step, whatever the number of replicas) and the wall time of the synthetic policy (8,000 steps by
+  default; goal: under a minute on two CPU cores), with the machine's load average before and after
+  (the timings are only comparable at equal load), the replicas used and the trained policy's mean
+  return beside a random policy's. ``--profile`` adds where the first run's time went (cProfile,
+  which slows it). The paper's reference: ≈ 0.05 s per simulated round with 10 clients on a P100,
   ≤ 8 h of policy learning.
 
-Usage: ``python benchmarks/rl.py [--threads 1] [--steps 8000] [--mnist] [--skip-train]``
+Usage: ``python benchmarks/rl.py [--threads 2] [--steps 8000] [--num-envs 8] [--lrs 1e-3,1e-7]
+[--profile] [--mnist] [--skip-throughput] [--skip-train]``
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import os
+import pstats
 import time
 
 import numpy as np
@@ -47,6 +54,39 @@ def rounds_per_second(env_factory, batch: int | None, steps: int, action: np.nda
     return max(rounds, 1) / elapsed
 
 
+def load() -> str:
+    """The 1-, 5- and 15-minute load averages (other jobs on the machine slow every timing)."""
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def mean_return(cfg: EnvConfig, act, episodes: int = 3, seed: int = 100) -> float:
+    """Mean return of ``act`` over ``episodes`` simulated episodes (the first reset seeded)."""
+    env = PoisoningEnv(cfg)
+    ret = 0.0
+    for e in range(episodes):
+        obs, _ = env.reset(seed=seed) if e == 0 else env.reset()
+        done = False
+        while not done:
+            obs, r, term, trunc, _ = env.step(act(obs))
+            ret += r / episodes
+            done = term or trunc
+    return ret
+
+
+def breakdown(prof: cProfile.Profile, wall: float) -> str:
+    """Seconds in TD3's gradient steps, in the simulator's steps and in the rest (from cProfile)."""
+    parts = {"gradient steps (TD3.train)": ("td3.py", "train"),
+             "simulator (PoisoningVecEnv.step_wait)": ("vecenv.py", "step_wait"),
+             "rollouts incl. simulator (collect_rollouts)": ("off_policy_algorithm.py",
+                                                             "collect_rollouts")}
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    out = []
+    for label, (file, func) in parts.items():
+        cum = sum(v[3] for k, v in stats.items() if k[0].endswith(file) and k[2] == func)
+        out.append(f"{label} {cum:.1f} s")
+    return f"profile of {wall:.1f} s (slowed by cProfile): " + "; ".join(out)
+
+
 def mnist_config() -> EnvConfig:
     """The L2A MNIST CNN with random data (P̃ = 1,000 images), Krum, γ/E action."""
     from fedlib import models
@@ -69,11 +109,25 @@ def main() -> None:
     ap.add_argument("--env-steps", type=int, default=200, help="env steps per throughput point")
     ap.add_argument("--batches", default="16,64,256")
     ap.add_argument("--mnist", action="store_true", help="also time the L2A MNIST CNN")
+    ap.add_argument("--num-envs", type=int, default=None,
+                    help="replicas of the TD3 runs (default: train_policy's)")
+    ap.add_argument("--lrs", default="1e-3,1e-7", help="policy learning rates to train with")
+    ap.add_argument("--profile", action="store_true", help="cProfile the first TD3 run")
+    ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}")
+    print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}, "
+          f"{os.cpu_count()} cores, load {load()}")
+    if not args.skip_throughput:
+        throughput(args)
+    if not args.skip_train:
+        policy_learning(args)
+
+
+def throughput(args: argparse.Namespace) -> None:
+    """Simulated FL rounds per second, one env and B replicas."""
     settings = [("synthetic MLP, full action, Krum", synthetic_env_config(aggregator="krum"),
                  np.zeros(28, np.float32))]
     if args.mnist:
@@ -91,36 +145,33 @@ def main() -> None:
                                       else max(4, 4 * args.env_steps // batch))
             rps = rounds_per_second(factory, batch, steps, action)
             print(f"{name:42} {batch or 1:>5} {rps:>10.1f} {1000 / rps:>9.2f}")
-    if args.skip_train:
-        return
+
+
+def policy_learning(args: argparse.Namespace) -> None:
+    """Wall time of the synthetic policy (one run per lr) and its return beside a random policy."""
+    from fedlib.rl.train import default_num_envs
+
     cfg = synthetic_env_config(aggregator="krum", num_attackers=40, horizon=200)
-    for lr in (1e-3, 1e-7):
+    envs = args.num_envs or default_num_envs("td3", args.steps, 1000)
+    for i, lr in enumerate(float(x) for x in args.lrs.split(",")):
+        prof = cProfile.Profile() if args.profile and i == 0 else None
+        before = load()
         start, cpu = time.perf_counter(), time.process_time()
+        if prof is not None:
+            prof.enable()
         policy = train_policy(cfg, steps=args.steps, seed=0, checkpoint_every=1000,
-                              lr=lr, progress=False)
+                              lr=lr, num_envs=envs, progress=False)
+        if prof is not None:
+            prof.disable()
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-        env = PoisoningEnv(cfg)
-        ret = 0.0
-        for e in range(3):
-            obs, _ = env.reset(seed=100) if e == 0 else env.reset()
-            done = False
-            while not done:
-                obs, r, term, trunc, _ = env.step(policy.act(obs))
-                ret += r / 3
-                done = term or trunc
-        print(f"TD3 synthetic Krum (M = 40, H = 200), lr {lr:g}: {args.steps} steps in "
-              f"{wall:.1f} s wall ({cpu:.1f} s CPU) = {args.steps / wall:.0f} steps/s; "
-              f"mean return {ret:.2f}")
+        ret = mean_return(cfg, policy.act)
+        print(f"TD3 synthetic Krum (M = 40, H = 200), lr {lr:g}, {envs} replicas: {args.steps} "
+              f"steps in {wall:.1f} s wall ({cpu:.1f} s CPU) = {args.steps / wall:.0f} steps/s "
+              f"(load before {before}, after {load()}); mean return {ret:.2f}")
+        if prof is not None:
+            print(breakdown(prof, wall))
     rng = np.random.default_rng(0)
-    env = PoisoningEnv(cfg)
-    ret = 0.0
-    for e in range(3):
-        obs, _ = env.reset(seed=100) if e == 0 else env.reset()
-        done = False
-        while not done:
-            obs, r, term, trunc, _ = env.step(rng.uniform(-1, 1, 28).astype(np.float32))
-            ret += r / 3
-            done = term or trunc
+    ret = mean_return(cfg, lambda obs: rng.uniform(-1, 1, 28).astype(np.float32))
     print(f"random policy: mean return {ret:.2f}")
 
 

@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from stable_baselines3.common.callbacks import BaseCallback
+
 from fedlib.rl import PoisoningEnv, TrainedPolicy, synthetic_env_config, train_policy
+from fedlib.rl.train import default_num_envs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,7 +87,7 @@ from fedlib.rl import synthetic_env_config, train_policy
 
 class Kill(BaseCallback):
     def _on_step(self):
-        if self.num_timesteps == 250:          # between the checkpoints at 200 and 300
+        if self.num_timesteps >= 250:          # between the checkpoints at 200 and 300
             os.kill(os.getpid(), signal.SIGKILL)
         return True
 
@@ -137,6 +140,34 @@ def test_policy_save_load_round_trip_and_refuses_foreign_files(tmp_path):
     torch.save({"format": "something else"}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a policy"):
         TrainedPolicy.load(tmp_path / "other.pt")
+
+
+class _Counts(BaseCallback):
+    """Records the replicas SB3 steps and its gradient-step count at the end of training."""
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_training_end(self) -> None:
+        self.num_envs = self.training_env.num_envs
+        self.n_updates, self.num_timesteps = self.model._n_updates, self.model.num_timesteps
+
+
+@pytest.mark.parametrize(("steps", "every", "replicas"), [(80, 40, 8), (40, 20, 4), (30, 30, 2)])
+def test_td3_steps_replicas_by_default_with_one_gradient_step_per_transition(steps, every,
+                                                                            replicas):
+    counts = _Counts()
+    policy = train_policy(small(horizon=10), steps=steps, seed=0, checkpoint_every=every,
+                          progress=False, callback=counts, algo_kwargs={"learning_starts": 0})
+    assert counts.num_envs == replicas
+    assert policy.num_timesteps == counts.num_timesteps == steps
+    assert counts.n_updates == steps                      # App. E.1: gradient_steps = transitions
+    assert default_num_envs("td3", steps, every) == replicas
+    assert policy.policy.actor.optimizer.defaults["fused"] is True          # same Adam, one kernel
+    assert policy.policy.critic.optimizer.defaults["fused"] is True
+    assert default_num_envs("ppo", 8000, 1000) == 1
+    assert default_num_envs("td3", 8000, 1000) == 8
+    assert default_num_envs("td3", 8000, 1000, (1, "episode")) == 1
 
 
 def test_ppo_and_two_replicas_train_and_bad_arguments_are_rejected():

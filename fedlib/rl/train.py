@@ -8,6 +8,20 @@ FLTrust), 8,000 (the synthetic MLP). The policy learning rate is a parameter: th
 does not move a freshly initialised TD3 policy within 8,000 steps, so the default is SB3's 1e-3
 (``benchmarks/rl.py`` and the tests compare returns).
 
+Replicas: TD3 steps ``num_envs`` episodes at once in one :class:`PoisoningVecEnv` (default: the
+most of 8, 4, 2, 1 whose rollout divides the run and its chunks, :func:`default_num_envs`). SB3 2.x
+counts ``train_freq=(5, "step")`` in VecEnv steps, so a rollout holds 5 × ``num_envs`` transitions,
+and ``gradient_steps=-1`` then takes one gradient step per transition collected (5 × ``num_envs``):
+App. E.1's ratio of one gradient step (batch 256) per env step is unchanged, only the simulator runs
+B rounds per call and the policy acts on B observations at once. PPO keeps ``num_envs=1`` by default
+(its rollout of ``n_steps`` per replica would grow with B). TD3's Adam is torch's fused kernel (the
+same update, ≈ 5 % less time per gradient step on a CPU).
+
+Threads: on a CPU the time goes into the gradient steps (≈ 0.27 GFLOP each: twin critics, targets
+and the delayed actor at batch 256). Their matrices are small, so a second torch thread gains little
+on an idle machine and, when other processes share the cores, makes each step many times slower
+(the threads wait for each other): on a shared small CPU call ``torch.set_num_threads(1)`` first.
+
 Training runs in chunks of ``checkpoint_every`` env steps (the same chunks with and without a
 checkpoint directory, so both give the same policy). After each chunk a checkpoint is written
 atomically: policy and optimizer weights, the replay buffer, the simulator's state, the counters
@@ -47,6 +61,7 @@ from stable_baselines3.common.vec_env import VecCheckNan
 from stable_baselines3.td3.policies import MultiInputPolicy as TD3MultiInputPolicy
 
 from .config import EnvConfig
+from .env import policy_action_space
 from .vecenv import PoisoningVecEnv
 
 ALGOS = ("td3", "ppo")
@@ -63,12 +78,31 @@ def default_steps(config: EnvConfig) -> int:
     return 80_000 if config.aggregator in ("krum", "multi_krum") else 40_000
 
 
+MAX_NUM_ENVS = 8
+"""The most replicas :func:`default_num_envs` gives TD3 (5 × 8 divides chunks of 1,000 steps)."""
+
+
+def default_num_envs(algo: str, steps: int, checkpoint_every: int,
+                     train_freq: Any = (5, "step")) -> int:
+    """TD3's replicas B (App. E.1's ratio kept): the largest B ≤ 8 with 5B | steps, chunk; PPO 1."""
+    if algo != "td3":
+        return 1
+    if isinstance(train_freq, (tuple, list)):
+        if len(train_freq) != 2 or train_freq[1] != "step":
+            return 1                                   # episode-counted rollouts: one replica
+        train_freq = train_freq[0]
+    n = MAX_NUM_ENVS
+    while n > 1 and (steps % (int(train_freq) * n) or checkpoint_every % (int(train_freq) * n)):
+        n //= 2
+    return n
+
+
 def td3_defaults(lr: float, num_actions: int) -> dict[str, Any]:
     """TD3 hyper-parameters of App. E.1 (see the module docstring)."""
     return dict(learning_rate=lr, buffer_size=100_000, batch_size=256, gamma=1.0,
                 train_freq=(5, "step"), gradient_steps=-1, learning_starts=100,
                 action_noise=NormalActionNoise(np.zeros(num_actions), 0.1 * np.ones(num_actions)),
-                policy_kwargs={"net_arch": [256, 128]})
+                policy_kwargs={"net_arch": [256, 128], "optimizer_kwargs": {"fused": True}})
 
 
 def ppo_defaults(lr: float) -> dict[str, Any]:
@@ -301,14 +335,16 @@ class _Progress(BaseCallback):
 # --------------------------------------------------------------------------- training
 def train_policy(env_config: EnvConfig, algo: str = "td3", steps: int | None = None,
                  seed: int = 0, *, checkpoint_dir: str | os.PathLike | None = None,
-                 checkpoint_every: int = 1000, lr: float = DEFAULT_LR, num_envs: int = 1,
+                 checkpoint_every: int = 1000, lr: float = DEFAULT_LR,
+                 num_envs: int | None = None,
                  progress: bool = True, callback: BaseCallback | None = None,
                  algo_kwargs: dict[str, Any] | None = None) -> TrainedPolicy:
     """Learn an attack policy in the simulator of ``env_config`` (L2A §4.3; App. E.1 settings).
 
     ``steps`` env steps (default :func:`default_steps`) with TD3 or PPO, ``lr`` the policy
     learning rate, ``num_envs`` replicas of one :class:`PoisoningVecEnv` (wrapped in
-    ``VecCheckNan(raise_exception=True)``), ``algo_kwargs`` overriding the defaults. With
+    ``VecCheckNan(raise_exception=True)``; default :func:`default_num_envs`, one gradient step per
+    transition whatever B), ``algo_kwargs`` overriding the defaults. With
     ``checkpoint_dir`` a checkpoint is written every ``checkpoint_every`` steps and an existing
     one made by the same arguments is resumed (a different one raises ValueError).
     """
@@ -316,15 +352,17 @@ def train_policy(env_config: EnvConfig, algo: str = "td3", steps: int | None = N
         raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
     steps = default_steps(env_config) if steps is None else steps
     for name, v in (("steps", steps), ("checkpoint_every", checkpoint_every),
-                    ("num_envs", num_envs)):
+                    ("num_envs", 1 if num_envs is None else num_envs)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an integer ≥ 1, got {v!r}")
     if not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    venv = PoisoningVecEnv(env_config, num_envs)
-    n_act = int(venv.action_space.shape[0])
+    n_act = int(policy_action_space(env_config).shape[0])
     kwargs = td3_defaults(lr, n_act) if algo == "td3" else ppo_defaults(lr)
     kwargs.update(algo_kwargs or {})
+    if num_envs is None:
+        num_envs = default_num_envs(algo, steps, checkpoint_every,
+                                    kwargs.get("train_freq", (5, "step")))
     unit = (kwargs["n_steps"] * num_envs if algo == "ppo"
             else (kwargs["train_freq"][0] if isinstance(kwargs["train_freq"], tuple)
                   else kwargs["train_freq"]) * num_envs)
@@ -335,6 +373,7 @@ def train_policy(env_config: EnvConfig, algo: str = "td3", steps: int | None = N
     fingerprint = _fingerprint(env_config, algo=algo, seed=seed, every=checkpoint_every,
                                num_envs=num_envs, **settings)
     ckpt_path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT
+    venv = PoisoningVecEnv(env_config, num_envs)
     with _global_rng_guard():
         env = VecCheckNan(venv, raise_exception=True)
         cls = TD3 if algo == "td3" else PPO
