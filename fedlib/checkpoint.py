@@ -184,8 +184,10 @@ def load_plain_state(obj: Any, state: dict[str, Any]) -> None:
 
 
 def federation_state(fed: Any) -> dict[str, Any]:
-    """A federation's full state (θ, counter, protocol, aggregator, attack state) as plain data."""
-    return {"round": int(fed.round), "theta": fed.theta.detach().clone(),
+    """A federation's full state (θ, each replica's round counter, protocol, aggregator and attack
+    state) as plain data."""
+    return {"round": int(fed.rounds[0]), "rounds": [int(r) for r in fed.rounds],
+            "theta": fed.theta.detach().clone(),
             "seeds": [int(s) for s in fed.seeds],
             "protocol_state": encode(dict(fed.protocol_state)),
             "aggregators": [plain_state(a) for a in fed.aggregators],
@@ -209,7 +211,7 @@ def load_federation_state(fed: Any, state: dict[str, Any]) -> None:
     fed.protocol_state = {k: v.to(fed.device) if isinstance(v, Tensor) else v
                           for k, v in decode(state["protocol_state"]).items()}
     fed.theta = theta.to(fed.device)
-    fed.round = int(state["round"])
+    fed.rounds = [int(r) for r in state.get("rounds", [state["round"]] * len(fed.seeds))]
 
 
 def save_checkpoint(path: Path, key: str, fed: Any, histories: Sequence[dict]) -> None:

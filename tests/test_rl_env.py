@@ -392,3 +392,24 @@ def test_count_rules_can_be_simulated_under_romoas_protocol(rule, params):
     env.reset(seed=0)
     _, r, *_ = env.step(np.zeros(28, np.float32))
     assert np.isfinite(r) and env.sim.last[0]["f"] == (params.get("f") or 3)
+
+
+@pytest.mark.parametrize("kw", [ROMOA, dict(action="full", aggregator="centered_clipping")],
+                         ids=["romoa-protocol", "centered-clipping"])
+def test_simulator_state_restores_protocol_and_rule_state(kw):
+    """get_state/set_state carry Romoa's participant states and factors and centered clipping's
+    momentum: a fresh simulator continues exactly as the original."""
+    c = cfg(**{**kw, "horizon": 12})
+    a = np.random.default_rng(1).uniform(-1, 1, (6, 1, 28)).astype(np.float32)
+    vec = PoisoningVecEnv(c, seeds=[3])
+    vec.reset()
+    for k in range(3):
+        vec.step(a[k])
+    state = vec.get_state()
+    after = [vec.step(a[k])[:2] for k in range(3, 6)]
+    fresh = PoisoningVecEnv(c, seeds=[3])
+    fresh.reset()
+    fresh.set_state(state)
+    again = [fresh.step(a[k])[:2] for k in range(3, 6)]
+    for (o1, r1), (o2, r2) in zip(after, again):
+        assert np.array_equal(r1, r2) and all(np.array_equal(o1[k], o2[k]) for k in o1)

@@ -22,7 +22,7 @@ from ..context import AttackContext
 from ..engine import seed_for
 from .config import EnvConfig
 from .env import row_obs
-from .sim import Simulator, scale_last_layer
+from .sim import Simulator, attackers_weight, scale_last_layer
 
 
 def execution_simulator(config: EnvConfig, seed: int) -> Simulator:
@@ -78,11 +78,9 @@ class PolicyAttack:
 
     def _weight(self, ctx: AttackContext) -> float:
         """The attackers' total weight in the server's last aggregation (0 before the first)."""
-        w = getattr(ctx.aggregator, "weights", None)
-        if ctx.round == 0 or w is None:
-            return 0.0
-        w = torch.as_tensor(w, dtype=torch.float64).reshape(-1)
-        return float(w[: ctx.num_attackers_total].sum().clamp(0.0, 1.0))
+        share = attackers_weight(getattr(ctx.aggregator, "weights", None),
+                                 ctx.num_attackers_total)
+        return 0.0 if ctx.round == 0 or share is None else min(max(share, 0.0), 1.0)
 
     def __call__(self, ctx: AttackContext) -> Tensor:
         """The crafted update of this round, sent by all m sampled attackers: (m, d)."""

@@ -31,6 +31,7 @@ which other replicas run beside it, and the caller's global RNG is never touched
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +39,7 @@ import torch
 from torch import Tensor
 
 from .. import aggregators
+from ..checkpoint import federation_state, load_federation_state
 from ..config import RunConfig
 from ..context import AttackContext
 from ..engine import Task, seed_for
@@ -60,6 +62,14 @@ def max_f(rule: str, n: int, params: dict) -> int:
     if rule == "bulyan":
         return (n - 3) // 4
     raise ValueError(f"{rule} has no f")
+
+
+def attackers_weight(weights: Any, num_attackers: int) -> float | None:
+    """The attackers' total weight Σ_{i<M} wᵢ in an aggregation's per-upload weights (uploads in
+    participant order, as in Romoa's protocol); None when the rule reported no weights."""
+    if weights is None:
+        return None
+    return float(torch.as_tensor(weights, dtype=torch.float64).reshape(-1)[:num_attackers].sum())
 
 
 def scale_last_layer(v: Tensor) -> Tensor:
@@ -281,13 +291,8 @@ class Simulator:
 
     def _attacker_weight(self, b: int) -> float:
         """The attackers' total weight in replica b's last aggregation (0 before the first)."""
-        if self.round[b] == 0:
-            return 0.0
-        w = self.fed.weights(b)
-        if w is None:
-            return 0.0
-        w = torch.as_tensor(w, dtype=torch.float64).reshape(-1)
-        return float(w[: self.cfg.num_attackers].sum().clamp(0.0, 1.0))
+        share = attackers_weight(self.fed.weights(b), self.cfg.num_attackers)
+        return 0.0 if self.round[b] == 0 or share is None else min(max(share, 0.0), 1.0)
 
     # ------------------------------------------------------------------ episodes
     def reset(self, rows: list[int], seeds: Sequence[int | None] | None = None) -> None:
@@ -331,27 +336,22 @@ class Simulator:
 
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict[str, Any]:
-        """Everything needed to continue bit-identically (plain data and tensors)."""
-        aggs = self.fed.aggregators
-        momentum = [{} if getattr(a, "momentum", None) is None else {-1: a.momentum.clone()}
-                    for a in (aggs if len(aggs) == self.B else [])]
-        return {"seeds": list(self.seeds), "episode": list(self.episode),
-                "round": list(self.round), "tau": list(self.tau), "theta": self.theta.clone(),
+        """Everything needed to continue bit-identically (plain data and tensors): the episodes'
+        bookkeeping and the federation's state (θ, clocks, protocol and rule state)."""
+        return {"seeds": list(self.seeds), "episode": list(self.episode), "tau": list(self.tau),
                 "m_next": self.m_next.clone(), "cur_loss": self.cur_loss.clone(),
-                "attacker_weight": self.attacker_weight.clone(), "momentum": momentum}
+                "attacker_weight": self.attacker_weight.clone(),
+                "federation": copy.deepcopy(federation_state(self.fed))}  # no live tensors
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`get_state`'s output."""
-        if tuple(state["theta"].shape) != (self.B, self.d):
-            raise ValueError(f"state is for {tuple(state['theta'].shape)} replicas × parameters, "
+        theta = state["federation"]["theta"]
+        if tuple(theta.shape) != (self.B, self.d):
+            raise ValueError(f"state is for {tuple(theta.shape)} replicas × parameters, "
                              f"this simulator has ({self.B}, {self.d})")
         self.seeds, self.episode = list(state["seeds"]), list(state["episode"])
         self.tau = list(state["tau"])
         self.fed.reset_replicas(range(self.B), [self._episode_seed(b) for b in range(self.B)])
-        self.fed.rounds = [int(t) for t in state["round"]]
-        self.fed.theta = state["theta"].clone()
+        load_federation_state(self.fed, copy.deepcopy(state["federation"]))
         self.m_next, self.cur_loss = state["m_next"].clone(), state["cur_loss"].clone()
-        self.attacker_weight = state.get("attacker_weight", torch.zeros(self.B)).clone()
-        for b, mom in enumerate(state["momentum"]):
-            if mom:
-                self.fed.aggregators[b].momentum = next(iter(mom.values())).clone()
+        self.attacker_weight = state["attacker_weight"].clone()
