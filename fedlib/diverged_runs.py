@@ -20,7 +20,15 @@ import numpy as np
 
 from . import summaries
 
-__all__ = ["DivergedCurve", "CurveRuns", "diverged_curve", "run_seed_group", "run_curves"]
+__all__ = ["DivergedCurve", "CurveRuns", "diverged_curve", "run_seed_group", "run_curves",
+           "is_divergence"]
+
+
+def is_divergence(err: BaseException) -> bool:
+    """Whether a run's error says an attack drove it to NaN/Inf (the run loop's
+    ``FloatingPointError``, or a rule or attack refusing non-finite rows)."""
+    return isinstance(err, FloatingPointError) or (isinstance(err, ValueError) and any(
+        key in str(err) for key in ("NaN", "non-finite rows")))
 
 
 class DivergedCurve(NamedTuple):

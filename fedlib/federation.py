@@ -277,8 +277,7 @@ class Federation(RoundPieces):
         if snap["theta"].shape != self.theta.shape:
             raise ValueError(f"snapshot θ has shape {tuple(snap['theta'].shape)}, this federation "
                              f"{tuple(self.theta.shape)}")
-        self.rounds = [int(r) for r in snap["rounds"]] if "rounds" in snap else \
-            [int(snap["round"])] * len(self.seeds)
+        self.rounds = [int(r) for r in snap["rounds"]]
         self.seeds = [int(s) for s in snap.get("seeds", self.seeds)]
         self.theta = snap["theta"]
         self.protocol_state = snap["protocol_state"]

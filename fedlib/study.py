@@ -34,6 +34,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from . import aggregators, attacks, runs
+from .diverged_runs import is_divergence
 from .romoa_settings import moving_rate as romoa_moving_rate
 
 __all__ = ["L2A_SETTING", "NO_ATTACK", "WORST_CASE", "ROMOA_DEFENSES", "Cell", "defenses",
@@ -170,19 +171,13 @@ def grid(dataset: str, defense_list: Sequence[str], attack_list: Sequence[str],
     return out
 
 
-def _diverged(err: BaseException) -> bool:
-    """A run the attack drove to NaN/Inf (the run loop's and the rules' errors)."""
-    return isinstance(err, FloatingPointError) or (isinstance(err, ValueError) and any(
-        key in str(err) for key in ("NaN/Inf", "non-finite rows")))
-
-
 def _run_each(configs: Sequence[dict]) -> list[Any]:
     out: list[Any] = []
     for c in configs:
         try:
             out.append(runs.run(c, progress=False))
         except (FloatingPointError, ValueError) as err:
-            if not _diverged(err):
+            if not is_divergence(err):
                 raise
             out.append(err)
     return out

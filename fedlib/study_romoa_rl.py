@@ -43,6 +43,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from .diverged_runs import is_divergence
 from .engine import seed_for
 from .romoa_settings import DEFENSES, attack_config, defense_config, moving_rate
 
@@ -209,17 +210,9 @@ def poison_level(uploads: Tensor, malicious: Tensor) -> float:
 
 def _adversary_weight(fed: Any, M: int) -> float:
     """The adversaries' total weight in the rule's last aggregation (Romoa: Eq. 11's factors)."""
-    w = fed.weights(0)
-    if w is None:
-        return math.nan
-    w = torch.as_tensor(w, dtype=torch.float64).reshape(-1)
-    return float(w[:M].sum())
-
-
-def _is_divergence(err: BaseException) -> bool:
-    """An attack that drove the model or the aggregate to NaN/Inf (the run loop's error)."""
-    return isinstance(err, FloatingPointError) or (
-        isinstance(err, ValueError) and "NaN" in str(err))
+    from .rl.sim import attackers_weight
+    share = attackers_weight(fed.weights(0), M)
+    return math.nan if share is None else share
 
 
 def run_cell(setting: StudySetting, defense: str, attack: str, seed: int,
@@ -245,7 +238,7 @@ def run_cell(setting: StudySetting, defense: str, attack: str, seed: int,
             try:
                 out = fed.step(malicious=hook)
             except (FloatingPointError, ValueError) as err:
-                if not _is_divergence(err):
+                if not is_divergence(err):
                     raise
                 status = "diverged"
                 break

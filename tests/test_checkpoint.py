@@ -91,7 +91,7 @@ def test_plain_state_refuses_foreign_objects_and_restores_nested_ones():
     assert fresh.x[:2] == [slice(0, 3), (1, 2.5)] and torch.equal(fresh.x[2]["a"], torch.ones(2))
 
 
-KILLER = """
+DIE_AT_ROUND_5 = """
 import os, signal, sys, json, torch
 from fedlib import federation, runs
 torch.set_num_threads(int(sys.argv[1]))
@@ -101,8 +101,8 @@ def dying_step(self, *a, **k):
         os.kill(os.getpid(), signal.SIGKILL)
     return step(self, *a, **k)
 federation.Federation.step = dying_step
-runs.run(json.loads(sys.argv[2]), checkpoint_every=2, progress=False)
 """
+KILLER = DIE_AT_ROUND_5 + "runs.run(json.loads(sys.argv[2]), checkpoint_every=2, progress=False)\n"
 
 
 def test_run_killed_mid_run_resumes_bit_identical(tmp_path, capsys):
@@ -163,18 +163,8 @@ def test_checkpoint_of_another_shape_is_ignored_with_a_warning(tmp_path):
     assert r.meta["resumed_from"] == 0 and r.history["round"] == [0, 2, 4, 6, 8]
 
 
-BATCH_KILLER = """
-import os, signal, sys, json, torch
-from fedlib import federation, runs
-torch.set_num_threads(int(sys.argv[1]))
-step = federation.Federation.step
-def dying_step(self, *a, **k):
-    if self.round == 5:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return step(self, *a, **k)
-federation.Federation.step = dying_step
-runs.run_many(json.loads(sys.argv[2]), replicas=True, checkpoint_every=2, progress=False)
-"""
+BATCH_KILLER = DIE_AT_ROUND_5 + (
+    "runs.run_many(json.loads(sys.argv[2]), replicas=True, checkpoint_every=2, progress=False)\n")
 
 
 def test_replica_batch_killed_mid_run_resumes_bit_identical(tmp_path, capsys):

@@ -4,10 +4,11 @@
 distribution learner's state (:meth:`fedlib.inversion.DistributionLearner.state_dict`), the
 current policy (this module), the schedule counters and the log — as tensors, numbers, strings,
 lists and dicts, so that :mod:`fedlib.checkpoint` writes it into a run's checkpoint and reads it
-back with ``torch.load(weights_only=True)``. A policy is stored as :meth:`TrainedPolicy.save
-<fedlib.rl.train.TrainedPolicy.save>` writes it (algorithm, network arguments, spaces, weights,
-step count): that is all a refresh carries over, since each refresh starts a fresh learner
-warm-started from the previous policy's weights (:func:`fedlib.rl.online.train_refresh`).
+back with ``torch.load(weights_only=True)``. A policy is stored in the format
+:meth:`TrainedPolicy.save <fedlib.rl.train.TrainedPolicy.save>` writes (algorithm, network
+arguments, spaces, weights, step count): that is all a refresh carries over, since each refresh
+starts a fresh learner warm-started from the previous policy's weights
+(:func:`fedlib.rl.online.train_refresh`).
 """
 
 from __future__ import annotations
@@ -30,31 +31,17 @@ SETUP_FIELDS = ("classes", "model_name", "rule_name", "params", "counts", "ctx_l
 
 def policy_state(policy: Any) -> dict[str, Any]:
     """A :class:`fedlib.rl.train.TrainedPolicy` as tensors and plain data (its saved format)."""
-    from .train import FORMAT, TrainedPolicy, _space_to_data
+    from .train import TrainedPolicy
     if not isinstance(policy, TrainedPolicy):
         raise TypeError(f"cannot store a policy of type {type(policy).__name__} in a checkpoint "
                         "(only fedlib.rl.train.TrainedPolicy)")
-    return {"format": FORMAT, "algo": policy.algo, "policy_kwargs": dict(policy.policy_kwargs),
-            "num_timesteps": int(policy.num_timesteps),
-            "observation_space": _space_to_data(policy.policy.observation_space),
-            "action_space": _space_to_data(policy.policy.action_space),
-            "state_dict": {k: v.detach().clone() for k, v in policy.policy.state_dict().items()}}
+    return policy.state()
 
 
 def policy_from_state(state: dict[str, Any]) -> Any:
     """Inverse of :func:`policy_state`, without touching the global random state."""
-    from .train import ALGOS, FORMAT, TrainedPolicy, _policy_class, _space_from_data
-    if state.get("format") != FORMAT or state.get("algo") not in ALGOS:
-        raise ValueError(f"not a policy state written by fedlib.rl: {state.get('format')!r}, "
-                         f"algorithm {state.get('algo')!r}")
-    with torch.random.fork_rng(devices=[]):                      # the network's initialisation
-        policy = _policy_class(state["algo"])(_space_from_data(state["observation_space"]),
-                                              _space_from_data(state["action_space"]),
-                                              lambda _: 0.0, **state["policy_kwargs"])
-    policy.load_state_dict(state["state_dict"])
-    policy.set_training_mode(False)
-    return TrainedPolicy(policy, state["algo"], dict(state["policy_kwargs"]),
-                         int(state["num_timesteps"]))
+    from .train import TrainedPolicy
+    return TrainedPolicy.from_state(state, "the checkpoint's policy")
 
 
 def attack_state(attack: Any) -> dict[str, Any]:

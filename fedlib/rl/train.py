@@ -168,29 +168,40 @@ class TrainedPolicy:
         action, _ = self.policy.predict(obs, deterministic=True)
         return action
 
+    def state(self) -> dict[str, Any]:
+        """The policy as tensors and plain data (algorithm, network arguments, spaces, weights)."""
+        return {"format": FORMAT, "algo": self.algo, "policy_kwargs": dict(self.policy_kwargs),
+                "num_timesteps": int(self.num_timesteps),
+                "observation_space": _space_to_data(self.policy.observation_space),
+                "action_space": _space_to_data(self.policy.action_space),
+                "state_dict": {k: v.detach().clone()
+                               for k, v in self.policy.state_dict().items()}}
+
+    @classmethod
+    def from_state(cls, data: Any, source: str = "state") -> "TrainedPolicy":
+        """Inverse of :meth:`state`, without touching the global random state."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{source} is not a policy saved by fedlib.rl")
+        algo = data["algo"]
+        if algo not in ALGOS:
+            raise ValueError(f"unknown algorithm {algo!r} in {source}")
+        with torch.random.fork_rng(devices=[]):                  # the network's initialisation
+            policy = _policy_class(algo)(_space_from_data(data["observation_space"]),
+                                         _space_from_data(data["action_space"]),
+                                         lambda _: 0.0, **data["policy_kwargs"])
+        policy.load_state_dict(data["state_dict"])
+        policy.set_training_mode(False)
+        return cls(policy, algo, dict(data["policy_kwargs"]), int(data["num_timesteps"]))
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the policy as plain tensors (atomic); read it back with :meth:`load`."""
-        _atomic_save({"format": FORMAT, "algo": self.algo, "policy_kwargs": self.policy_kwargs,
-                      "num_timesteps": int(self.num_timesteps),
-                      "observation_space": _space_to_data(self.policy.observation_space),
-                      "action_space": _space_to_data(self.policy.action_space),
-                      "state_dict": self.policy.state_dict()}, Path(path))
+        _atomic_save(self.state(), Path(path))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainedPolicy":
         """Read a policy written by :meth:`save` (``torch.load(weights_only=True)``)."""
         data = torch.load(Path(path), map_location="cpu", weights_only=True)
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a policy saved by fedlib.rl")
-        algo = data["algo"]
-        if algo not in ALGOS:
-            raise ValueError(f"unknown algorithm {algo!r} in {path}")
-        policy = _policy_class(algo)(_space_from_data(data["observation_space"]),
-                                     _space_from_data(data["action_space"]),
-                                     lambda _: 0.0, **data["policy_kwargs"])
-        policy.load_state_dict(data["state_dict"])
-        policy.set_training_mode(False)
-        return cls(policy, algo, dict(data["policy_kwargs"]), int(data["num_timesteps"]))
+        return cls.from_state(data, str(path))
 
 
 # --------------------------------------------------------------------------- RNG and state
