@@ -195,6 +195,8 @@ def run_versus_torch(args, device, sync) -> None:
                      partial(torch_multi_krum, f=f, m=n - f)),
                     ("geometric_median 10 it", agg.geometric_median, torch_geometric_median)]
             for label, ours, plain in rows:
+                if args.rules and not any(label.startswith(r) for r in args.rules):
+                    continue
                 # a fresh process was seen to run its first ≈ 5 s of calls up to 50x slower
                 (t_ours, c_ours, out), (t_plain, c_plain, ref) = best_times_interleaved(
                     (ours, plain), x, args.repeat, sync, warm_up_s=8.0 if first else 1.0)

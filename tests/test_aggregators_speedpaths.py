@@ -3,10 +3,16 @@
 Krum / multi-Krum: the same selected rows as a float64 reference (exact pairwise distances,
 full sort), multi-Krum's mean to float rounding (rtol 1e-6 in float32). Geometric median:
 equal to a plain smoothed Weiszfeld loop to float rounding (1e-5 · max|z| in float32, 1e-12
-in float64); ``tol`` = 0 gives exactly the result of all iterations.
+in float64); ``tol`` = 0 gives exactly the result of all iterations. The Gram matrix behind
+Krum: chunks of rows near the origin multiplied uncentred are as accurate as centred ones,
+a batch decides chunk by chunk as its replicas alone, and NaN/Inf rows are found from the
+Gram diagonal exactly as the separate pass over the rows would find them.
 """
 
 from __future__ import annotations
+
+import math
+import warnings
 
 import pytest
 import torch
@@ -189,3 +195,149 @@ def test_gradients_flow_through_the_geometric_median_and_krum():
     x.grad = None
     agg.krum(x, 2).sum().backward()
     assert x.grad.abs().sum(dim=1).count_nonzero() == 1  # the selected row only
+
+
+# ------------------------------------------------------------- Gram: uncentred chunks, NaN/Inf
+
+
+def small_chunks(monkeypatch, chunk=500, chunks_per_block=None, n=None):
+    """Several Gram chunks at test sizes (and blocks of ``chunks_per_block`` chunks of n rows)."""
+    monkeypatch.setattr(distances, "GRAM_CHUNK", chunk)
+    if chunks_per_block:
+        monkeypatch.setattr(distances, "GRAM_BLOCK", n * chunk * chunks_per_block)
+
+
+def spy(monkeypatch, module, name):
+    calls = []
+    inner = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(a) or inner(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("n", [40, 100])  # |mean|² ≈ spread / n for n random rows
+@pytest.mark.parametrize("offset, centred", [(0.0, False), (100.0, True)])
+def test_rows_near_the_origin_skip_the_centring_pass_as_accurately(n, offset, centred,
+                                                                   monkeypatch):
+    # mean small next to the spread: each chunk's product of the rows as they are, centred
+    # in float64 (no pass over the rows); far from the origin: centred before the product
+    small_chunks(monkeypatch)
+    x = updates(20 + n, n, 3100, offset=offset)  # 6 full chunks and a ragged one
+    passes = spy(monkeypatch, distances, "_centre_into")
+    got = distances.gram(x)
+    assert bool(passes) == centred
+    y = x.double() - x.double().mean(dim=0)
+    exact = y @ y.T
+    assert torch.equal(got, got.T)
+    assert (got - exact).abs().max() <= 1e-6 * exact.abs().max()
+    # the same bound as the rows centred first (every chunk fails the mean test)
+    monkeypatch.setattr(distances, "UNCENTRED_MEAN_RATIO", -1.0)
+    first = distances.gram(x)
+    assert (first - exact).abs().max() <= 1e-6 * exact.abs().max()
+
+
+@pytest.mark.parametrize("chunks_per_block", [1, 3, None])
+def test_chunks_after_the_first_far_one_are_centred_and_a_batch_decides_as_alone(
+        chunks_per_block, monkeypatch):
+    # replica 0 leaves the origin from column 1700 on (chunk 3 of 500 columns): chunks 0–2
+    # uncentred, 3.. centred; replica 1 stays near the origin; replica 2 is far throughout.
+    # Each replica's Gram matrix must equal its own call's exactly, whatever the blocks.
+    n, d = 40, 3600
+    small_chunks(monkeypatch, 500, chunks_per_block, 3 * n)
+    x = torch.stack([updates(30, n, d), updates(31, n, d), updates(32, n, d, offset=50.0)])
+    x[0, :, 1700:] += 30.0
+    together = distances.gram(x)
+    for b in range(3):
+        alone = distances.gram(x[b])
+        assert torch.equal(together[b], alone), b
+        y = x[b].double() - x[b].double().mean(dim=0)
+        exact = y @ y.T
+        assert (alone - exact).abs().max() <= 1e-6 * exact.abs().max()
+    passes = spy(monkeypatch, distances, "_centre_into")
+    distances.gram(x[1])
+    assert not passes
+    distances.gram(x[0])
+    assert passes
+
+
+def test_row_blocks_of_32_equal_the_full_product(monkeypatch):
+    x = updates(8, 100, 9000, offset=3.0)
+    assert distances._row_bounds(100) == [0, 32, 64, 100]
+    blocks = distances.pairwise_sq_distances(x)
+    monkeypatch.setattr(distances, "GRAM_HALVES_FROM", 10**9)
+    full = distances.pairwise_sq_distances(x)
+    assert torch.allclose(blocks, full, rtol=1e-6, atol=1e-6 * float(full.median()))
+
+
+NONFINITE = {  # (row, column, value) entries of one replica
+    "nan": [(3, 10, math.nan)],
+    "inf": [(0, 1499, math.inf)],
+    "-inf": [(39, 3099, -math.inf)],  # in the ragged last chunk
+    "inf and -inf in one column": [(5, 777, math.inf), (6, 777, -math.inf)],
+    "two rows": [(1, 2, math.nan), (30, 2900, math.inf)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(NONFINITE))
+@pytest.mark.parametrize("offset", [0.0, 100.0])  # chunk products uncentred / centred first
+@pytest.mark.parametrize("name", ["krum", "multi_krum"])
+def test_nonfinite_rows_found_without_the_separate_pass(case, offset, name, monkeypatch):
+    # Krum runs on the unchecked rows; a NaN/Inf makes its Gram diagonal non-finite, and
+    # only then are the rows checked. If it missed one, no warning, another result.
+    small_chunks(monkeypatch)
+    x = updates(40, 40, 3100, offset=offset)
+    bad = x.clone()
+    for i, j, v in NONFINITE[case]:
+        bad[i, j] = v
+    rows = sorted({i for i, _, _ in NONFINITE[case]})
+    keep = [i for i in range(40) if i not in rows]
+    rule = {"krum": agg.selection.krum_rule(3), "multi_krum": agg.selection.multi_krum_rule(3)}
+    with pytest.warns(RuntimeWarning, match=f"excluded {len(rows)} of 40"):
+        out, w = rule[name](bad)
+    ref, w_ref = rule[name](x[keep])
+    assert torch.equal(out, ref) and torch.equal(w[keep], w_ref) and not w[rows].any()
+    batch = torch.stack([x, bad, x.flip(0)])
+    with pytest.warns(RuntimeWarning, match=f"excluded {len(rows)} of 40.*replica 1"):
+        out_b, w_b = rule[name](batch)
+    assert torch.equal(out_b[1], out) and torch.equal(w_b[1], w)
+
+
+def test_clean_rows_skip_the_separate_finiteness_pass(monkeypatch):
+    from fedlib.aggregators import _checks
+    x = updates(41, 30, 9000)
+    checked = []
+    for module in (_checks, distances):
+        inner = module.finite_rows
+        monkeypatch.setattr(module, "finite_rows",
+                            lambda u, inner=inner: checked.append(tuple(u.shape)) or inner(u))
+    agg.krum(x, 3)
+    agg.multi_krum(x, 3)
+    agg.krum(torch.stack([x, x.flip(0)]), 3)
+    assert checked == [(1, 9000), (1, 9000), (2, 9000)]  # the aggregates only, not the rows
+
+
+def test_huge_finite_rows_are_kept_without_a_warning(monkeypatch):
+    small_chunks(monkeypatch)
+    x = updates(43, 40, 3100)
+    x[:2] = 1e30  # float32 squares overflow: the rows are checked (finite), then float64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert agg.krum(x, 2).abs().max() < 10  # an honest row is chosen
+        dist = distances.pairwise_sq_distances(x, unchecked=True)
+    exact = torch.cdist(x[2:].double(), x[2:].double(),
+                        compute_mode="donot_use_mm_for_euclid_dist").square()
+    assert torch.isfinite(dist).all() and torch.allclose(dist[2:, 2:], exact, rtol=1e-6)
+
+
+@pytest.mark.parametrize("n", [10, 70])  # centred first / uncentred, row blocks 0–31, 32–69
+@pytest.mark.parametrize("offset", [0.0, 100.0])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_any_nonfinite_entry_makes_the_gram_diagonal_nonfinite(n, offset, value, monkeypatch):
+    small_chunks(monkeypatch)
+    x = updates(42, n, 2200, offset=offset)
+    centre = x[:5].mean(dim=0)
+    for j in (0, 499, 500, 1800, 2199):  # first/last column of chunks, the ragged one
+        for i in sorted({0, 5, min(31, n - 1), min(32, n - 1), n - 1}):
+            y = x.clone()
+            y[i, j] = value
+            for c in (None, centre):
+                assert not torch.isfinite(distances.gram(y, c).diagonal()).all(), (i, j)

@@ -11,7 +11,10 @@ Krum's n > 2f + 2, with f unchanged: a broken upload is not assumed to be one of
 Byzantine ones), a ``ValueError`` is raised. Finite but huge rows are kept: they are the
 Byzantine inputs the robust rules exist for. In a batch the policy applies per replica:
 clean replicas run as one batched call, each replica with a non-finite row runs alone
-(a loop over those replicas only, which is rare).
+(a loop over those replicas only, which is rare). A rule whose core detects non-finite rows
+itself (``RuleCall.checks_rows``) runs on the unchecked rows first, which saves the separate
+pass over them; only if it reports non-finite rows (:class:`NonFiniteRows`) does the policy
+above run, so the result, warnings and errors are the same.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from torch import Tensor
 
 Core = Callable[..., tuple[Tensor, Tensor]]
 """A rule's core: (finite rows (n, d) or (B, n, d), **params) -> (aggregate, weights)."""
+
+
+class NonFiniteRows(Exception):
+    """Raised by a core called with ``unchecked=True`` whose rows hold NaN/Inf."""
 
 
 def check_updates(updates: Tensor, rule: str) -> Tensor:
@@ -99,11 +106,27 @@ def _nonfinite_aggregate(rule: str, where: str = "") -> ValueError:
                       "rescale the updates or use a higher precision dtype")
 
 
+def _run_unchecked(core: Core, x: Tensor, params: dict[str, Any]
+                   ) -> tuple[Tensor, Tensor] | None:
+    """``core`` on rows that may hold NaN/Inf (``RuleCall.checks_rows``); None if they do."""
+    try:
+        return core(x, **params, unchecked=True)
+    except NonFiniteRows:
+        return None
+
+
 def _run_single(core: Core, x: Tensor, rule: str, min_rows: int, requirement: str,
                 row_params: dict[str, Tensor], params: dict[str, Any],
-                where: str = "", stacklevel: int = 5) -> tuple[Tensor, Tensor]:
+                where: str = "", stacklevel: int = 5,
+                checks_rows: bool = False) -> tuple[Tensor, Tensor]:
     """One (n, d) problem: drop non-finite rows (warning), check the row count, run ``core``."""
     n = x.shape[0]
+    if checks_rows and n >= min_rows:
+        done = _run_unchecked(core, x, {**params, **row_params})
+        if done is not None:
+            if not bool(finite_rows(done[0].unsqueeze(0)).all()):
+                raise _nonfinite_aggregate(rule, where)
+            return done
     keep = finite_rows(x)
     n_ok = int(keep.sum())
     if n_ok < n:
@@ -117,7 +140,7 @@ def _run_single(core: Core, x: Tensor, rule: str, min_rows: int, requirement: st
         extra = f" after excluding {n - n_ok} non-finite rows" if n_ok < n else ""
         raise ValueError(f"{rule} needs {requirement}; got n={n_ok}{extra}{where}")
     value, w = core(x, **params, **row_params)
-    if not bool(torch.isfinite(value).all()):
+    if not bool(finite_rows(value.unsqueeze(0)).all()):
         raise _nonfinite_aggregate(rule, where)
     if n_ok < n:
         full = torch.zeros(n, dtype=w.dtype, device=w.device)
@@ -133,7 +156,8 @@ def _index(params: dict[str, Tensor], idx: Any) -> dict[str, Tensor]:
 def run_rule(core: Core, updates: Tensor, rule: str, min_rows: int = 1,
              requirement: str = "n ≥ 1", row_params: dict[str, Tensor] | None = None,
              batch_params: dict[str, Tensor] | None = None,
-             replica_ids: Tensor | None = None, **params) -> tuple[Tensor, Tensor]:
+             replica_ids: Tensor | None = None, checks_rows: bool = False,
+             **params) -> tuple[Tensor, Tensor]:
     """Validate, drop non-finite rows (warning), check the row count, run ``core``.
 
     ``row_params`` are per-row tensors (n,) — or (..., n) for a batch — filtered like the
@@ -142,14 +166,16 @@ def run_rule(core: Core, updates: Tensor, rule: str, min_rows: int = 1,
     passed through unchanged. ``replica_ids`` (B,) name the replicas in error messages
     (default 0..B−1). Returns the aggregate (..., d) and the weights (..., n) of *all*
     input rows, 0 for dropped ones. A non-finite aggregate of finite rows (overflow)
-    raises ValueError rather than being returned.
+    raises ValueError rather than being returned. ``checks_rows``: ``core`` accepts
+    ``unchecked=True`` and then raises :class:`NonFiniteRows` if its rows hold NaN/Inf, so
+    it runs first on the unchecked rows (see the module docstring).
     """
     x = check_updates(updates, rule)
     row_params = dict(row_params or {})
     batch_params = dict(batch_params or {})
     if x.dim() == 2:
         return _run_single(core, x, rule, min_rows, requirement, row_params,
-                           {**params, **batch_params})
+                           {**params, **batch_params}, checks_rows=checks_rows)
     lead, (n, d) = x.shape[:-2], x.shape[-2:]
     xb = x.reshape(-1, n, d)
     b_count = xb.shape[0]
@@ -163,13 +189,14 @@ def run_rule(core: Core, updates: Tensor, rule: str, min_rows: int = 1,
     batch_params = {k: v.reshape(b_count, *v.shape[len(lead):])
                     for k, v in batch_params.items()}
     ids = torch.arange(b_count) if replica_ids is None else replica_ids.reshape(-1).cpu()
-    keep = finite_rows(xb)
-    clean = keep.all(dim=-1)
-    if bool(clean.all()):
+    done = _run_unchecked(core, xb, {**params, **row_params, **batch_params}) \
+        if checks_rows and n >= min_rows else None
+    clean = None if done is not None else finite_rows(xb).all(dim=-1)
+    if done is not None or bool(clean.all()):
         if n < min_rows:
             raise ValueError(f"{rule} needs {requirement}; got n={n} in every replica")
-        value, w = core(xb, **params, **row_params, **batch_params)
-        bad = ~torch.isfinite(value).all(dim=-1)
+        value, w = done or core(xb, **params, **row_params, **batch_params)
+        bad = ~finite_rows(value)
         if bool(bad.any()):
             raise _nonfinite_aggregate(rule, f" in replica {int(ids[bad.cpu()][0])}")
         return value.reshape(*lead, d), w.reshape(*lead, n)
@@ -220,10 +247,13 @@ class RuleCall:
     params: dict[str, Any] = field(default_factory=dict)
     min_rows: int = 1
     requirement: str = "n ≥ 1"
+    checks_rows: bool = False
+    """``core`` accepts ``unchecked=True`` (see :func:`run_rule`)."""
 
     def __call__(self, updates: Tensor, row_params: dict[str, Tensor] | None = None,
                  batch_params: dict[str, Tensor] | None = None,
                  replica_ids: Tensor | None = None, **per_call: Any) -> tuple[Tensor, Tensor]:
         return run_rule(self.core, updates, self.name, self.min_rows, self.requirement,
                         row_params=row_params, batch_params=batch_params,
-                        replica_ids=replica_ids, **self.params, **per_call)
+                        replica_ids=replica_ids, checks_rows=self.checks_rows,
+                        **self.params, **per_call)

@@ -48,8 +48,8 @@ def one_hot_rows(index: Tensor, n: int, like: Tensor, value: float = 1.0) -> Ten
     return w.scatter_(-1, idx, value)
 
 
-def _krum(x: Tensor, f: int) -> tuple[Tensor, Tensor]:
-    dist = pairwise_sq_distances(x)
+def _krum(x: Tensor, f: int, unchecked: bool = False) -> tuple[Tensor, Tensor]:
+    dist = pairwise_sq_distances(x, unchecked)
     best = lex_argmin(krum_scores(dist, f), total_distance(dist))
     if x.dim() == 2:
         w = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
@@ -59,10 +59,11 @@ def _krum(x: Tensor, f: int) -> tuple[Tensor, Tensor]:
     return x[rows, best], one_hot_rows(best, x.shape[-2], x)
 
 
-def _multi_krum(x: Tensor, f: int, m: int | None) -> tuple[Tensor, Tensor]:
+def _multi_krum(x: Tensor, f: int, m: int | None,
+                unchecked: bool = False) -> tuple[Tensor, Tensor]:
     n = x.shape[-2]
     m = n - f if m is None else m
-    dist = pairwise_sq_distances(x)
+    dist = pairwise_sq_distances(x, unchecked)
     scores = krum_scores(dist, f)
     by_total = torch.argsort(total_distance(dist), dim=-1, stable=True)  # tie-break, as Krum
     order = torch.argsort(scores.gather(-1, by_total), dim=-1, stable=True)[..., :m]
@@ -79,7 +80,7 @@ def krum_rule(f: int) -> RuleCall:
     """:func:`krum` with a validated f."""
     f = check_count(f, "f", "krum")
     return RuleCall("krum", _krum, {"f": f}, min_rows=2 * f + 3,
-                    requirement=f"n > 2f + 2 = {2 * f + 2}")
+                    requirement=f"n > 2f + 2 = {2 * f + 2}", checks_rows=True)
 
 
 def multi_krum_rule(f: int, m: int | None = None) -> RuleCall:
@@ -89,7 +90,8 @@ def multi_krum_rule(f: int, m: int | None = None) -> RuleCall:
         m = check_count(m, "m", "multi_krum", minimum=1)
     return RuleCall("multi_krum", _multi_krum, {"f": f, "m": m},
                     min_rows=max(2 * f + 3, m or 0),
-                    requirement=f"n > 2f + 2 = {2 * f + 2}" + (f" and n ≥ m = {m}" if m else ""))
+                    requirement=f"n > 2f + 2 = {2 * f + 2}" + (f" and n ≥ m = {m}" if m else ""),
+                    checks_rows=True)
 
 
 def krum(updates: Tensor, f: int) -> Tensor:
