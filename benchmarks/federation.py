@@ -24,6 +24,7 @@ import torch
 from fedlib import engine, models
 from fedlib.flat import ParamSpec
 from fedlib.federation import Federation
+from fedlib.protocols import draw_clients
 
 SYNTHETIC = dict(dataset="synthetic", model="synthetic-mlp", num_clients=100, clients_per_round=10,
                  lr=0.05, batch_size=128, rounds=10)
@@ -60,9 +61,8 @@ def core(fed: Federation, rounds: int) -> float:
     """Seconds of the arithmetic core of one batched round: vmapped local SGD on fixed batches."""
     ids = fed.next_clients()
     starts = fed.theta.unsqueeze(1).expand(-1, ids.shape[1], -1)
-    pool, offsets = fed._pooled()
-    batches = torch.cat([engine.sample_batches(t, ids[b], 0, 1, fed.cfg.batch_size, s) + offsets[b]
-                         for b, (t, s) in enumerate(zip(fed.tasks, fed.seeds))])
+    pool = fed._pooled()[0]
+    batches = fed.pooled_batches(ids, 1, torch.ones(ids.shape, dtype=torch.bool))
     flat = starts.reshape(-1, starts.shape[-1])
     strategy = fed.strategy if len(fed.seeds) > 1 else engine.resolve_strategy("auto", fed.device)
     engine.local_sgd(pool, flat, batches, fed.cfg.lr, strategy)
@@ -78,8 +78,7 @@ def bare_loop(fed: Federation, rounds: int) -> float:
     w = cfg.clients_per_round
     start = time.perf_counter()
     for t in range(rounds):
-        g = torch.Generator().manual_seed(engine.seed_for(cfg.seed, "subsample", t))
-        ids = torch.randperm(cfg.num_clients, generator=g)[:w].sort().values
+        ids = draw_clients([cfg.seed], [t], cfg.num_clients, w)[0]
         batches = engine.sample_batches(task, ids, t, 1, cfg.batch_size, cfg.seed)
         local = engine.local_sgd(task, theta.expand(w, -1), batches, cfg.lr, cfg.strategy)
         theta = theta - (theta.unsqueeze(0) - local).mean(0)

@@ -7,4 +7,4 @@ game-theoretic checker of Romoa §4, ``inversion`` the gradient inversion of L2A
 and ``runs`` the cached experiment runner the notebooks call.
 """
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"

@@ -11,14 +11,16 @@ Local training has two strategies that compute the same thing:
 * ``"vmap"``: all clients at once with ``torch.func.vmap(grad(loss))`` (the fastest on a GPU).
 
 ``"auto"`` picks sequential on CPU and vmap on CUDA (see ``benchmarks/engine.py``). Each
-client draws its minibatches from its own random stream (:func:`client_stream`), so the
-batches do not depend on the strategy or on which other clients were sampled.
+client draws its minibatches from its own counter-based random stream
+(:mod:`fedlib.batch_stream`), so the batches do not depend on the strategy, on which other
+clients were sampled or on how many replicas run together.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import torch
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from .batch_stream import ClientTable
 from .flat import ParamSpec
 
 STRATEGIES = ("auto", "sequential", "vmap")
@@ -49,6 +52,11 @@ class Task:
     replacement) from the whole training set, one stream per replica and round (the attackers'
     simulator of L2A §4.3, whose benign clients all sample the learned distribution P̃)."""
 
+    @cached_property
+    def client_table(self) -> ClientTable:
+        """The clients' index sets as one padded table (built once, for batched sampling)."""
+        return ClientTable(self.clients)
+
     def forward(self, theta: Tensor, x: Tensor) -> Tensor:
         """Logits of the model with flat parameters θ (d,) on inputs x."""
         return functional_call(self.model, self.spec.unflatten(theta), (x,))
@@ -64,9 +72,9 @@ def seed_for(*keys: int | str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def client_stream(seed: int, round: int, client: int) -> torch.Generator:
-    """Client ``client``'s random stream in round ``round``: independent of everyone else."""
-    return torch.Generator().manual_seed(seed_for(seed, "batches", round, client))
+def batch_base(seed: int, round: int) -> int:
+    """The base of run ``seed``'s minibatch streams in round ``round`` (:mod:`.batch_stream`)."""
+    return seed_for(seed, "batches", round)
 
 
 def draw_batch(n_items: int, batch_size: int, generator: torch.Generator) -> Tensor:
@@ -80,17 +88,15 @@ def draw_batch(n_items: int, batch_size: int, generator: torch.Generator) -> Ten
 
 def sample_batches(task: Task, client_ids: Sequence[int] | Tensor, round: int, steps: int,
                    batch_size: int, seed: int) -> Tensor:
-    """(n, steps, B) indices into the training set: each client's minibatches for a round."""
+    """(n, steps, B) indices into the training set: each client's minibatches for a round
+    (:mod:`.batch_stream`; with ``task.iid_pool`` one stream for the run and round)."""
+    ids = torch.as_tensor(client_ids, dtype=torch.long).cpu()
     if task.iid_pool:
         g = torch.Generator().manual_seed(seed_for(seed, "pool-batches", round))
-        return torch.randint(len(task.x_train), (len(client_ids), steps, batch_size),
-                             generator=g).to(task.device)
-    out = torch.empty(len(client_ids), steps, batch_size, dtype=torch.long)
-    for row, c in enumerate(torch.as_tensor(client_ids).tolist()):
-        own = task.clients[c]
-        g = client_stream(seed, round, c)
-        pos = [draw_batch(len(own), batch_size, g) for _ in range(steps)]
-        out[row] = own[torch.stack(pos)].cpu()
+        out = torch.randint(len(task.x_train), (len(ids), steps, batch_size), generator=g)
+    else:
+        bases = torch.full_like(ids, batch_base(seed, round))
+        out = task.client_table.batches(ids, ids, bases, steps, batch_size)
     return out.to(task.device)
 
 

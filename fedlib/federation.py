@@ -166,15 +166,17 @@ class Federation(RoundPieces):
         return "vmap" if self.device.type == "cuda" or small else "sequential"
 
     @classmethod
-    def from_config(cls, cfg: Any, seeds: Optional[Sequence[int]] = None) -> "Federation":
-        """Build the data, partitions and initial models of ``cfg`` per seed (default cfg.seed)."""
+    def from_config(cls, cfg: Any, seeds: Optional[Sequence[int]] = None,
+                    **options: Any) -> "Federation":
+        """Build the data, partitions and initial models of ``cfg`` per seed (default cfg.seed);
+        ``options`` are the constructor's keyword options (``separate_clocks``, ``nonfinite``…)."""
         import dataclasses
 
         base = RunConfig.from_dict(cfg)
         seeds = list(seeds) if seeds is not None else [base.seed]
         loaded = load_data(base)
         tasks = [build_task(dataclasses.replace(base, seed=s), loaded) for s in seeds]
-        return cls(tasks, base, seeds)
+        return cls(tasks, base, seeds, **options)
 
     # ------------------------------------------------------------------ clocks
     @property

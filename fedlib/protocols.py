@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import torch
 from torch import Tensor
 
+from .batch_stream import uniform_subsets
 from .engine import seed_for
 
 if TYPE_CHECKING:                                    # pragma: no cover
@@ -33,12 +34,18 @@ if TYPE_CHECKING:                                    # pragma: no cover
 Hook = Callable[["AttackContext"], Tensor]
 
 
+def draw_clients(seeds: list[int], rounds: list[int], num_clients: int, w: int) -> Tensor:
+    """(B, w) sorted ids: w of ``num_clients`` clients, uniformly without replacement, for each
+    replica (seed, round) in one batched draw (:func:`fedlib.batch_stream.uniform_subsets`)."""
+    bases = torch.tensor([seed_for(s, "subsample", t) for s, t in zip(seeds, rounds)])
+    return uniform_subsets(bases, num_clients, w)
+
+
 @functools.lru_cache(maxsize=4096)
-def _draw_clients(seed: int, t: int, num_clients: int, w: int) -> Tensor:
-    """w of ``num_clients`` clients, uniformly without replacement, sorted (cached: the
-    attackers' simulator asks for the same round's sample several times)."""
-    g = torch.Generator().manual_seed(seed_for(seed, "subsample", t))
-    return torch.randperm(num_clients, generator=g)[:w].sort().values
+def _draw_one(seed: int, t: int, num_clients: int, w: int) -> Tensor:
+    """One replica's :func:`draw_clients` (cached: the attackers' simulator asks for the same
+    round's sample several times)."""
+    return draw_clients([seed], [t], num_clients, w)[0]
 
 
 @dataclass(frozen=True)
@@ -66,12 +73,11 @@ class SyncRounds:
 
     def draw(self, seed: int, t: int, num_clients: int) -> Tensor:
         """(w,) sorted client ids the server of a replica seeded ``seed`` samples in round t."""
-        return _draw_clients(seed, t, num_clients, self.clients_per_round).clone()
+        return _draw_one(seed, t, num_clients, self.clients_per_round).clone()
 
     def sample(self, fed: "Federation") -> Tensor:
         """(B, w) the clients each replica's server samples in its next round."""
-        return torch.stack([self.draw(s, t, fed.num_clients)
-                            for s, t in zip(fed.seeds, fed.rounds)])
+        return draw_clients(fed.seeds, fed.rounds, fed.num_clients, self.clients_per_round)
 
     def reset_rows(self, state: dict[str, Tensor], theta: Tensor, rows: Any) -> dict[str, Tensor]:
         """Nothing to reset: clients start every round from the shared model."""

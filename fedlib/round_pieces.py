@@ -83,15 +83,10 @@ class RoundPieces:
                         keep: Optional[Tensor] = None) -> Tensor:
         """Every replica's clients at once: starts (B, n, d), ids (B, n) → (B, n, d), one vmap;
         with ``keep`` (B, n) bool only those clients train (the others return their start)."""
-        pool, offsets = self._pooled()
         B, n, d = starts.shape
-        if keep is None:
-            keep = torch.ones(B, n, dtype=torch.bool)
-        keep = keep.cpu()
-        batches = torch.cat([
-            engine.sample_batches(task, ids[b][keep[b]], t, steps, self.cfg.batch_size, s)
-            + offsets[b]
-            for b, (task, s, t) in enumerate(zip(self.tasks, self.seeds, self.rounds))])
+        keep = torch.ones(B, n, dtype=torch.bool) if keep is None else keep.cpu()
+        pool = self._pooled()[0]
+        batches = self.pooled_batches(ids, steps, keep)
         if bool(keep.all()):
             out = engine.local_sgd(pool, starts.reshape(B * n, d), batches, self.cfg.lr, "vmap")
             return out.reshape(B, n, d)
@@ -100,8 +95,25 @@ class RoundPieces:
         out[dev] = engine.local_sgd(pool, starts[dev], batches, self.cfg.lr, "vmap")
         return out
 
-    def _pooled(self) -> tuple[Task, list[int]]:
-        """One task whose training set holds every replica's (each once) and the index offsets."""
+    def pooled_batches(self, ids: Tensor, steps: int, keep: Tensor) -> Tensor:
+        """(k, steps, batch) indices into the pooled training set: the minibatches of every
+        replica's clients ``ids`` (B, n) where ``keep`` (B, n), each as its replica draws them."""
+        pool, offsets, first_rows = self._pooled()
+        ids = ids.cpu()
+        if pool.iid_pool:  # one stream per replica and round (engine.sample_batches)
+            return torch.cat([
+                engine.sample_batches(task, ids[b][keep[b]], t, steps, self.cfg.batch_size, s)
+                + offsets[b]
+                for b, (task, s, t) in enumerate(zip(self.tasks, self.seeds, self.rounds))])
+        bases = torch.tensor([engine.batch_base(s, t) for s, t in zip(self.seeds, self.rounds)])
+        rows = ids + torch.tensor(first_rows).unsqueeze(1)
+        return pool.client_table.batches(rows[keep], ids[keep],
+                                         bases.unsqueeze(1).expand_as(ids)[keep], steps,
+                                         self.cfg.batch_size).to(pool.device)
+
+    def _pooled(self) -> tuple[Task, list[int], list[int]]:
+        """One task holding every replica's training set and clients (each distinct one once),
+        each replica's offset into its training set and the row of its first client."""
         if self._pool is None:
             import dataclasses
             xs, ys, offsets, seen = [], [], [], {}
@@ -113,9 +125,16 @@ class RoundPieces:
                     ys.append(t.y_train)
                     total += len(t.x_train)
                 offsets.append(seen[id(t.x_train)])
-            pool = self.task if len(xs) == 1 else dataclasses.replace(
-                self.task, x_train=torch.cat(xs), y_train=torch.cat(ys))
-            self._pool = (pool, offsets)
+            clients, first_rows, rows_of = [], [], {}
+            for t, off in zip(self.tasks, offsets):
+                if id(t) not in rows_of:
+                    rows_of[id(t)] = len(clients)
+                    clients += [c + off if off else c for c in t.clients]
+                first_rows.append(rows_of[id(t)])
+            pool = dataclasses.replace(self.task, x_train=torch.cat(xs) if len(xs) > 1 else xs[0],
+                                       y_train=torch.cat(ys) if len(ys) > 1 else ys[0],
+                                       clients=clients)
+            self._pool = (pool, offsets, first_rows)
         return self._pool
 
     @property
