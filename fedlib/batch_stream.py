@@ -29,6 +29,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 GAMMA = 0x9E3779B97F4A7C15
 """SplitMix64's increment (the golden ratio in 64-bit fixed point)."""
@@ -164,11 +165,10 @@ class ClientTable:
         if not len(clients):
             raise ValueError("a client table needs at least one client")
         self.sizes = torch.tensor([len(c) for c in clients], dtype=torch.long)
-        top = max((int(c.max()) for c in clients if len(c)), default=0)
-        dtype = torch.int32 if top < 2 ** 31 else torch.long
-        self.table = torch.zeros(len(clients), max(int(self.sizes.max()), 1), dtype=dtype)
-        for row, own in enumerate(clients):
-            self.table[row, :len(own)] = own.cpu()
+        table = pad_sequence([c.cpu().long() for c in clients], batch_first=True)
+        if table.numel() == 0:
+            table = torch.zeros(len(clients), 1, dtype=torch.long)
+        self.table = table.int() if int(table.max()) < 2 ** 31 else table
 
     def batches(self, rows: Tensor, clients: Tensor, bases: Tensor, steps: int,
                 batch_size: int) -> Tensor:

@@ -31,9 +31,9 @@ def build_task(cfg: RunConfig, loaded: Optional[tuple[Any, Any]] = None) -> engi
     """Load the data, partition it and build the model template for ``cfg`` (global RNG kept)."""
     dev = device_of(cfg.device)
     train, test = loaded if loaded is not None else load_data(cfg)
+    keep = seeded_subset(len(train), cfg.train_size, "train", cfg.dataset, cfg.seed)
     x_train, y_train = train.x, train.y  # the whole set is shared by replicas, not copied
-    if cfg.train_size is not None and cfg.train_size < len(train):
-        keep = seeded_subset(len(train), cfg.train_size, "train", cfg.dataset, cfg.seed)
+    if len(keep) < len(train):
         x_train, y_train = train.x[keep], train.y[keep]
     parts = data.partition(y_train.numpy(), cfg.num_clients, cfg.partition, seed=cfg.seed,
                            q=cfg.q, alpha=cfg.alpha)

@@ -181,14 +181,13 @@ def _centre_into(out: Tensor, part: Tensor, centre: Tensor | None,
     """out (b, k, n, c) = the columns part (b, n, k·c) minus ``centre`` (b, k·c; None: their
     mean, by one matrix-vector product, or as exactly as float32 allows with ``exact_mean``),
     chunk j of c columns into out[:, j, :, :]."""
-    k, n, c = out.shape[-3:]
+    k, c = out.shape[-3], out.shape[-1]
     src = part.unflatten(-1, (k, c)).movedim(-2, -3)
     if centre is None and exact_mean:
         torch.sub(src, src.mean(dim=-2, keepdim=True, dtype=out.dtype), out=out)
         return
     if centre is None:
-        w = torch.full((1, n), 1.0 / n, dtype=out.dtype, device=out.device)
-        centre = torch.matmul(w, part.to(out.dtype)).squeeze(-2)  # Σᵢ yᵢ/n
+        centre = _mean_of(part, out.dtype)  # Σᵢ yᵢ/n, one matrix-vector product
     shift = centre.to(out.dtype).unflatten(-1, (k, c)).unsqueeze(-2)
     torch.sub(src, shift, out=out)
 
