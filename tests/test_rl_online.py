@@ -89,7 +89,7 @@ def test_registered_and_bad_parameters_rejected():
     assert isinstance(attacks.get("rl"), OnlineRL)
     for bad in (dict(distribution="dreamed"), dict(root="guessed"), dict(samples=0),
                 dict(refresh_every=0), dict(policy_lr=-1.0), dict(env={"lr": 0.1}),
-                dict(policy_steps=0), dict(trainer=3)):
+                dict(policy_steps=0), dict(trainer=3), dict(holdout_size=0)):
         with pytest.raises(ValueError):
             attacks.get("rl", **bad)
 
@@ -140,6 +140,23 @@ def test_phases_schedule_and_execution_in_a_real_run():
     assert set(obs) == {"last_layer", "attackers", "progress"}
     assert obs["last_layer"].shape == (6,) and np.abs(obs["last_layer"]).max() <= 1.0
     assert 1 <= int(obs["attackers"]) <= 5
+
+
+def test_holdout_size_caps_the_rewards_held_out_data():
+    sizes = {}
+    for cap in (None, 30):
+        trainer = FakeTrainer(action=(0.0, 0.0))
+        attack = _rl(trainer, holdout_size=cap)
+        fed = Federation.from_config(dict(SYN, aggregator="mean"))
+        while not trainer.calls:
+            fed.step(malicious=attack)
+        cfg = trainer.calls[0]["config"]
+        sizes[cap] = len(cfg.holdout[0])
+        k = sizes[cap]
+        assert torch.equal(cfg.holdout[0], cfg.data[0][:k])     # the first rows of the own samples
+        assert torch.equal(cfg.holdout[1], cfg.data[1][:k])
+        assert len(cfg.data[0]) == 100                          # the simulator's data is not capped
+    assert sizes == {None: 100, 30: 30}
 
 
 def test_craft_matches_the_simulator_for_the_same_action():

@@ -28,7 +28,9 @@ reconstructions), ``"own"`` (RL w/o DL: P̃ = the attackers' own data, ``own_sam
 inversion; the synthetic set and CIFAR-10 in L2A), ``"unlabeled"`` (RL₀: the m real images are
 unlabeled and only train the denoiser; P̃ = the reconstructions with their inverted labels, so
 policy learning waits for the first reconstruction). The reward's held-out data is the
-attackers' labelled real data (the m samples, or the own samples); for RL₀ the reconstructions.
+attackers' labelled real data (the m samples, or the own samples); for RL₀ the reconstructions;
+``holdout_size`` caps it at its first rows (a seeded random subset of the real samples; the
+reward's loss is then an estimate on fewer images, which is cheaper on large models).
 FLTrust (``root``): ``"known"`` — the attackers know the server's root set D₀ (rebuilt in
 ``prepare(task)`` from ``root_size``, ``root_q0`` and ``seed``, which must equal the run's);
 ``"sampled"`` — they know only how it is sampled: a q₀-biased root set drawn from P̃.
@@ -126,7 +128,8 @@ class OnlineRL(Attack):
     knowledge = "partial"
 
     def __init__(self, distribution: str = "learned", *, samples: int = 200,
-                 own_samples: Optional[int] = None, learn_rounds: int = 100,
+                 own_samples: Optional[int] = None, holdout_size: Optional[int] = None,
+                 learn_rounds: int = 100,
                  attack_start: int = 100, refresh_every: int = 5, refresh_steps: int = 1000,
                  initial_steps: int = 0, policy_steps: Optional[int] = None,
                  algo: str = "td3", policy_lr: float = 1e-3, num_envs: int = 1,
@@ -149,8 +152,8 @@ class OnlineRL(Attack):
             low = 1 if key in ("samples", "refresh_every", "num_envs", "root_size") else 0
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{key} must be an integer ≥ {low}, got {v!r}")
-        for key, v in (("own_samples", own_samples), ("policy_steps", policy_steps),
-                       ("horizon", horizon)):
+        for key, v in (("own_samples", own_samples), ("holdout_size", holdout_size),
+                       ("policy_steps", policy_steps), ("horizon", horizon)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{key} must be None or an integer ≥ 1, got {v!r}")
         if algo not in ("td3", "ppo"):
@@ -163,6 +166,7 @@ class OnlineRL(Attack):
         if trainer is not None and not callable(trainer):
             raise ValueError("trainer must be callable (env_config, steps, seed, init) -> policy")
         self.distribution, self.samples, self.own_samples = distribution, samples, own_samples
+        self.holdout_size = holdout_size
         self.learn_rounds = learn_rounds if distribution != "own" else 0
         self.attack_start, self.refresh_every, self.refresh_steps = \
             attack_start, refresh_every, refresh_steps
@@ -263,6 +267,7 @@ class OnlineRL(Attack):
         if len(x) == 0:
             return None
         holdout = (x, y) if self.distribution == "unlabeled" else (self.x_real, self.y_real)
+        holdout = tuple(t[:self.holdout_size] for t in holdout)   # None: all of it
         kw: dict[str, Any] = dict(self.env_kw)
         kw.update(self.counts)
         root = None
