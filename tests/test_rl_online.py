@@ -148,7 +148,9 @@ def test_holdout_size_caps_the_rewards_held_out_data():
         trainer = FakeTrainer(action=(0.0, 0.0))
         attack = _rl(trainer, holdout_size=cap)
         fed = Federation.from_config(dict(SYN, aggregator="mean"))
-        while not trainer.calls:
+        for _ in range(SYN["rounds"]):
+            if trainer.calls:
+                break
             fed.step(malicious=attack)
         cfg = trainer.calls[0]["config"]
         sizes[cap] = len(cfg.holdout[0])
